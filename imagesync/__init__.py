@@ -1,0 +1,2 @@
+"""imagesync."""
+__version__ = "0.1.0"
