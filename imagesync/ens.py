@@ -1,0 +1,254 @@
+"""The ENS API client: every image `DescribeExportImageInfo` reports, validated and de-duplicated.
+
+Requests are signed with ACS3-HMAC-SHA256 as the official SDK signs them. Throttling, 5xx and
+transport errors are retried with backoff; anything else the API refuses ends the listing with
+an `ApiError` carrying the API's Code, Message and RequestId.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from . import signing
+from .config import EnsConfig
+from .credentials import Credentials
+from .errors import ApiError, MalformedResponseError
+from .retry import RetryPolicy
+
+ACTION = "DescribeExportImageInfo"
+API_VERSION = "2017-11-10"
+PAGE_SIZE = 50
+PAGE_CONCURRENCY = 4
+RETRYABLE_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "UnknownError",
+                   "SignatureNonceUsed")
+HINTS = {
+    "SignatureDoesNotMatch": "check the access key secret",
+    "IncompleteSignature": "check the access key secret",
+    "InvalidAccessKeyId": "check the access key id",
+    "NoPermission": "grant ens:DescribeExportImageInfo to this RAM identity",
+    "Forbidden": "grant ens:DescribeExportImageInfo to this RAM identity",
+    "InvalidTimeStamp": "check this host's clock",
+    "InvalidSecurityToken": "the STS token has expired; fetch a new one",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportedImage:
+    """One image as the API reports it; ``url`` is ``""`` unless it is exported."""
+
+    image_id: str
+    image_name: str
+    status: str
+    url: str
+    platform: str
+    architecture: str
+    creation_time: str
+    owner_alias: str
+
+    @property
+    def public_url(self) -> str:
+        """The URL without query string or fragment: never a signature in logs or files."""
+        return urlsplit(self.url)._replace(query="", fragment="").geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    total_count: int
+    images: list[ExportedImage]
+
+
+# API field -> (attribute, required)
+_IMAGE_FIELDS = {
+    "ImageId": ("image_id", True),
+    "ImageExportStatus": ("status", True),
+    "ImageName": ("image_name", False),
+    "ExportedImageURL": ("url", False),
+    "Platform": ("platform", False),
+    "Architecture": ("architecture", False),
+    "CreationTime": ("creation_time", False),
+    "ImageOwnerAlias": ("owner_alias", False),
+}
+
+
+class EnsClient:
+    """Lists images from one ENS endpoint with one set of credentials."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        endpoint: str,
+        credentials: Credentials,
+        retry: RetryPolicy,
+    ) -> None:
+        self._http = http
+        self._url = httpx.URL(endpoint.rstrip("/") + "/")
+        self._credentials = credentials
+        self._retry = retry
+
+    async def list_images(self) -> list[ExportedImage]:
+        """Every image, page by page; pages after the first are fetched concurrently."""
+        first = await self._page(1)
+        page_count = math.ceil(first.total_count / PAGE_SIZE)
+        pages: dict[int, list[ExportedImage]] = {1: first.images}
+        limiter = trio.CapacityLimiter(PAGE_CONCURRENCY)
+
+        async def fetch(number: int) -> None:
+            async with limiter:
+                pages[number] = (await self._page(number)).images
+
+        async with trio.open_nursery() as nursery:
+            for number in range(2, page_count + 1):
+                nursery.start_soon(fetch, number)
+        unique: dict[str, ExportedImage] = {}
+        for number in sorted(pages):
+            for image in pages[number]:
+                unique.setdefault(image.image_id, image)
+        return list(unique.values())
+
+    async def _page(self, number: int) -> _Page:
+        params = {"PageNumber": str(number), "PageSize": str(PAGE_SIZE)}
+        body = await self._call(params)
+        return _parse_page(body, number)
+
+    async def _call(self, params: Mapping[str, str]) -> Any:
+        query = signing.canonical_query(params)
+        url = self._url.copy_with(query=query.encode())
+        problem = ""
+        for attempt in range(1, self._retry.max_attempts + 1):
+            try:
+                response = await self._http.post(url, headers=self._signed_headers(params))
+            except httpx.TransportError as error:
+                problem = f"cannot reach the ENS endpoint {self._url}: {_describe(error)}"
+                await trio.sleep(self._retry.delay_s(attempt))
+                continue
+            if response.is_success:
+                return _json_body(response, params)
+            error_fields = _error_fields(response)
+            if not _is_retryable(response.status_code, error_fields[0]):
+                raise ApiError(_refusal(error_fields, response.status_code))
+            problem = _refusal(error_fields, response.status_code)
+            await trio.sleep(self._retry.delay_s(attempt, _retry_after_s(response)))
+        raise ApiError(f"{problem}; gave up after {self._retry.max_attempts} attempts")
+
+    def _signed_headers(self, params: Mapping[str, str]) -> dict[str, str]:
+        headers = {
+            "host": self._url.netloc.decode("ascii"),
+            "x-acs-action": ACTION,
+            "x-acs-version": API_VERSION,
+            "x-acs-date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "x-acs-signature-nonce": uuid.uuid4().hex,
+            "x-acs-content-sha256": signing.EMPTY_SHA256,
+        }
+        if self._credentials.security_token:
+            headers["x-acs-security-token"] = self._credentials.security_token
+        headers["Authorization"] = signing.acs3_authorization(
+            self._credentials.access_key_id,
+            self._credentials.access_key_secret,
+            "POST",
+            "/",
+            params,
+            headers,
+        )
+        headers["accept"] = "application/json"
+        return headers
+
+
+def _describe(error: httpx.TransportError) -> str:
+    return str(error) or type(error).__name__
+
+
+def _is_retryable(status: int, code: str) -> bool:
+    return status >= 500 or any(code == c or code.startswith(c + ".") for c in RETRYABLE_CODES)
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("x-acs-retry-after", "")
+    return int(value) / 1000 if value.isdigit() and int(value) > 0 else None  # milliseconds
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
+    """``(Code, Message, RequestId)`` of an error answer, whatever its shape."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return (f"HTTP{response.status_code}", response.reason_phrase, "")
+    lowered = {str(k).lower(): v for k, v in body.items()}
+    return tuple(  # type: ignore[return-value]
+        str(lowered.get(name, "")) for name in ("code", "message", "requestid")
+    )
+
+
+def _refusal(fields: tuple[str, str, str], status: int) -> str:
+    code, message, request_id = fields
+    hint = next((h for prefix, h in HINTS.items() if code.startswith(prefix)), "")
+    text = f"ENS refused {ACTION} with {code} (HTTP {status}): {message.rstrip('.')}"
+    if request_id:
+        text += f" (RequestId {request_id})"
+    return f"{text}; {hint}" if hint else text
+
+
+def _json_body(response: httpx.Response, params: Mapping[str, str]) -> Any:
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        page = params.get("PageNumber", "?")
+        raise MalformedResponseError(
+            f"ENS answered page {page} of {ACTION} with a body that is not JSON "
+            f"(HTTP {response.status_code}, {len(response.content)} bytes)"
+        ) from None
+
+
+def _parse_page(body: Any, number: int) -> _Page:
+    where = f"ENS answered page {number} of {ACTION} with a malformed body"
+    if not isinstance(body, dict):
+        raise MalformedResponseError(f"{where}: expected a JSON object")
+    request = f" (RequestId {body.get('RequestId')})" if body.get("RequestId") else ""
+    total = body.get("TotalCount")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise MalformedResponseError(f"{where}: TotalCount is {total!r}, expected a count{request}")
+    images = body.get("Images", {"Image": []})
+    raw_list = images.get("Image", []) if isinstance(images, dict) else None
+    if not isinstance(raw_list, list):
+        raise MalformedResponseError(f"{where}: Images.Image is not a list{request}")
+    parsed = [_parse_image(raw, f"{where}: Images.Image[{i}]", request)
+              for i, raw in enumerate(raw_list)]
+    return _Page(total_count=total, images=parsed)
+
+
+def _parse_image(raw: Any, where: str, request: str) -> ExportedImage:
+    if not isinstance(raw, dict):
+        raise MalformedResponseError(f"{where} is not an object{request}")
+    values: dict[str, str] = {}
+    for api_name, (attribute, required) in _IMAGE_FIELDS.items():
+        value = raw.get(api_name, None if required else "")
+        if not isinstance(value, str) or (required and not value):
+            got = "missing" if value is None else f"{type(value).__name__} {value!r}"
+            raise MalformedResponseError(f"{where}.{api_name} is {got}, expected a string{request}")
+        values[attribute] = value
+    return ExportedImage(**values)
+
+
+@asynccontextmanager
+async def open_ens_client(config: EnsConfig, credentials: Credentials) -> AsyncIterator[EnsClient]:
+    """An `EnsClient` with its own connection pool, closed on exit."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(config.timeout_s)) as http:
+        yield EnsClient(
+            http,
+            endpoint=config.endpoint,
+            credentials=credentials,
+            retry=RetryPolicy(max_attempts=config.max_attempts),
+        )

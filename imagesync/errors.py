@@ -1,0 +1,72 @@
+"""One exception tree whose messages are the sentence the user reads.
+
+    ImagesyncError                 exit code carried by the class
+    ├── ConfigError                2  bad file, key, value or command line
+    ├── CredentialsError           2  no credentials found, or unreadable profile
+    ├── ApiError                   3  the image listing failed (auth, permission, endpoint)
+    │   └── MalformedResponseError 3  the API answered something we cannot trust
+    ├── LockedError                75 another run holds the lock
+    ├── DestinationError           1  the destination cannot be written (disk full, permission)
+    └── TransferError              -  one image failed; becomes an outcome, not an exit
+        ├── SourceChangedError        the object changed under a resume (412)
+        ├── ChecksumMismatchError     bytes received differ from what OSS publishes
+        └── UnsafeSourceError         the URL's scheme or host is not allowed
+
+Foreign exceptions (httpx, oss2, OSError) are translated once, where they are raised.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_IMAGE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_API = 3
+EXIT_LOCKED = 75
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class ImagesyncError(Exception):
+    """Base of every error imagesync reports; ``str(error)`` is one user-facing sentence."""
+
+    exit_code = EXIT_IMAGE_FAILED
+
+
+class ConfigError(ImagesyncError):
+    exit_code = EXIT_USAGE
+
+
+class CredentialsError(ImagesyncError):
+    exit_code = EXIT_USAGE
+
+
+class ApiError(ImagesyncError):
+    exit_code = EXIT_API
+
+
+class MalformedResponseError(ApiError):
+    pass
+
+
+class LockedError(ImagesyncError):
+    exit_code = EXIT_LOCKED
+
+
+class DestinationError(ImagesyncError):
+    exit_code = EXIT_IMAGE_FAILED
+
+
+class TransferError(ImagesyncError):
+    """One image could not be mirrored; the run goes on with the others."""
+
+
+class SourceChangedError(TransferError):
+    pass
+
+
+class ChecksumMismatchError(TransferError):
+    pass
+
+
+class UnsafeSourceError(TransferError):
+    pass
