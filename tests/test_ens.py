@@ -1,0 +1,160 @@
+"""The ENS client over scripted answers (httpx.MockTransport): paging, retries, refusals.
+
+The same behaviours are proven end to end against the emulator in tests/test_list_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from imagesync.credentials import Credentials
+from imagesync.ens import EnsClient, ExportedImage
+from imagesync.errors import ApiError, MalformedResponseError
+from imagesync.retry import RetryPolicy
+
+CREDENTIALS = Credentials(access_key_id="ak", access_key_secret="sk", origin="test")
+
+
+def image(n: int, status: str = "Exported") -> dict[str, str]:
+    return {
+        "ImageId": f"m-{n:05d}", "ImageName": f"img-{n}", "ImageExportStatus": status,
+        "ExportedImageURL": f"https://b.oss-cn-hangzhou.aliyuncs.com/m-{n:05d}.qcow2?sig=1",
+        "Platform": "centos", "Architecture": "x86_64", "CreationTime": "2024-01-01T00:00:00Z",
+        "ImageOwnerAlias": "self",
+    }
+
+
+def paged(total: int, per_page: Callable[[int], list[dict[str, Any]]] | None = None) -> Callable[..., Any]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        number = int(request.url.params["PageNumber"])
+        size = int(request.url.params["PageSize"])
+        rows = per_page(number) if per_page else [image(n) for n in range((number - 1) * size, min(total, number * size))]
+        return httpx.Response(200, json={"RequestId": "r", "PageNumber": number, "PageSize": size,
+                                         "TotalCount": total, "Images": {"Image": rows}})
+    return handler
+
+
+async def list_with(handler: Callable[..., Any], attempts: int = 4) -> list[ExportedImage]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = EnsClient(http, endpoint="https://ens.test", credentials=CREDENTIALS,
+                           retry=RetryPolicy(max_attempts=attempts, base_delay_s=0))
+        return await client.list_images()
+
+
+async def test_pages_are_all_fetched_and_deduplicated() -> None:
+    images = await list_with(paged(120))
+    assert [i.image_id for i in images] == [f"m-{n:05d}" for n in range(120)]
+    duplicated = await list_with(paged(100, lambda number: [image(1), image(number)]))
+    assert sorted(i.image_id for i in duplicated) == ["m-00001", "m-00002"]
+
+
+async def test_request_is_signed_with_acs3() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return paged(0)(request)
+
+    await list_with(handler)
+    headers = seen[0].headers
+    assert headers["authorization"].startswith("ACS3-HMAC-SHA256 Credential=ak,SignedHeaders=host;")
+    assert headers["x-acs-action"] == "DescribeExportImageInfo"
+    assert headers["x-acs-version"] == "2017-11-10"
+    assert seen[0].method == "POST"
+
+
+async def test_public_url_drops_the_query() -> None:
+    images = await list_with(paged(1))
+    assert images[0].public_url == "https://b.oss-cn-hangzhou.aliyuncs.com/m-00000.qcow2"
+
+
+def flaky(failures: list[httpx.Response | Exception]) -> Callable[..., Any]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if failures:
+            failure = failures.pop(0)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
+        return paged(3)(request)
+    return handler
+
+
+def ens_error(status: int, code: str, **headers: str) -> httpx.Response:
+    body = {"RequestId": "REQ-1", "HostId": "ens", "Code": code, "Message": f"{code} happened."}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+async def test_retries_throttling_5xx_and_transport_errors() -> None:
+    failures: list[httpx.Response | Exception] = [
+        ens_error(400, "Throttling.User", **{"x-acs-retry-after": "50"}),
+        ens_error(503, "ServiceUnavailable"),
+        httpx.ConnectError("refused"),
+    ]
+    assert len(await list_with(flaky(failures))) == 3
+    assert failures == []
+
+
+async def test_retry_after_is_honoured(autojump_clock: trio.testing.MockClock) -> None:
+    failures: list[httpx.Response | Exception] = [ens_error(400, "Throttling", **{"x-acs-retry-after": "7000"})]
+    start = trio.current_time()
+    await list_with(flaky(failures))
+    assert trio.current_time() - start >= 7
+
+
+async def test_throttling_storm_gives_up_with_a_sentence() -> None:
+    with pytest.raises(ApiError) as caught:
+        await list_with(lambda request: ens_error(400, "Throttling.User"), attempts=3)
+    assert "Throttling.User" in str(caught.value)
+    assert "gave up after 3 attempts" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "hint"),
+    [
+        (400, "SignatureDoesNotMatch", "check the access key secret"),
+        (404, "InvalidAccessKeyId.NotFound", "check the access key id"),
+        (400, "NoPermission", "grant ens:DescribeExportImageInfo"),
+        (403, "Forbidden.RAM", "grant ens:DescribeExportImageInfo"),
+        (400, "InvalidTimeStamp.Expired", "clock"),
+    ],
+)
+async def test_fatal_codes_are_not_retried(status: int, code: str, hint: str) -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return ens_error(status, code)
+
+    with pytest.raises(ApiError) as caught:
+        await list_with(handler)
+    assert calls == [1]
+    text = str(caught.value)
+    assert code in text and "REQ-1" in text and f"{code} happened" in text and hint in text
+    assert caught.value.exit_code == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<html>proxy error</html>", "not JSON"),
+        (json.dumps([1, 2]).encode(), "expected a JSON object"),
+        (json.dumps({"TotalCount": "3"}).encode(), "TotalCount is '3'"),
+        (json.dumps({"TotalCount": 1, "Images": "oops"}).encode(), "Images.Image is not a list"),
+        (json.dumps({"TotalCount": 1, "Images": {"Image": [{**image(1), "ImageId": 7}]}}).encode(),
+         "Images.Image[0].ImageId is int 7"),
+        (json.dumps({"TotalCount": 1, "Images": {"Image": [{"ImageId": "m-1"}]}}).encode(),
+         "ImageExportStatus is missing"),
+        (json.dumps({"TotalCount": 1, "Images": {"Image": ["m-1"]}}).encode(), "Images.Image[0] is not an object"),
+    ],
+)
+async def test_malformed_answers(body: bytes, message: str) -> None:
+    with pytest.raises(MalformedResponseError) as caught:
+        await list_with(lambda request: httpx.Response(200, content=body))
+    assert message in str(caught.value)
+    assert caught.value.exit_code == 3
