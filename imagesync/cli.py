@@ -14,10 +14,12 @@ from typing import Any
 import trio
 
 from . import __version__, emulator
-from .config import DEFAULT_CONFIG_PATH, Config, load_config
+from .config import DEFAULT_CONFIG_PATH, Config, load_config, with_overrides
 from .credentials import resolve_credentials
 from .ens import ExportedImage, open_ens_client
-from .errors import EXIT_SIGINT, ImagesyncError
+from .errors import EXIT_SIGINT, ImagesyncError, Interrupted
+from .summary import plan_json, plan_lines, printable, summary_json, summary_lines
+from .sync import RunOptions, run_sync
 
 log = logging.getLogger("imagesync")
 
@@ -29,10 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return EXIT_SIGINT
-    except (ImagesyncError, BaseExceptionGroup) as raised:
+    except (ImagesyncError, BaseExceptionGroup, KeyboardInterrupt) as raised:
         error = _first_imagesync_error(raised)
         log.error("%s", error)
         return error.exit_code
@@ -45,6 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"imagesync {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    syncing = commands.add_parser(
+        "sync", help="mirror every exported image to the destination",
+        description="List exported images, plan, and mirror them: resumable, verified against OSS's "
+        "CRC-64, written atomically, recorded in manifest.json and SHA256SUMS.",
+    )
+    _add_common(syncing)
+    syncing.add_argument("--dry-run", action="store_true",
+                         help="print the plan (actions, sizes, totals, room) and write nothing")
+    syncing.add_argument("--image-id", action="append", default=[], metavar="ID",
+                         help="mirror only this image (repeatable)")
+    syncing.add_argument("--concurrency", type=int, metavar="N", help="images transferred at once")
+    syncing.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                         help="progress bars: auto (when stderr is a terminal), always or never")
+    syncing.set_defaults(handler=_sync_command)
 
     listing = commands.add_parser(
         "list", help="list every image the API reports, in any status",
@@ -82,6 +96,10 @@ def _first_imagesync_error(raised: BaseException) -> ImagesyncError:
     """The error to report from a (possibly grouped) failure; anything else is re-raised."""
     if isinstance(raised, ImagesyncError):
         return raised
+    if isinstance(raised, KeyboardInterrupt) or (
+        isinstance(raised, BaseExceptionGroup) and raised.subgroup(KeyboardInterrupt) is not None
+    ):
+        return Interrupted("interrupted; partial files are kept for the next run", EXIT_SIGINT)
     if isinstance(raised, BaseExceptionGroup):
         matched, _ = raised.split(ImagesyncError)
         if matched is not None:
@@ -94,6 +112,25 @@ def _first_imagesync_error(raised: BaseException) -> ImagesyncError:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
+
+
+# --- sync -----------------------------------------------------------------------------
+
+
+def _sync_command(args: argparse.Namespace) -> int:
+    config = with_overrides(_load(args), concurrency=args.concurrency, image_ids=tuple(args.image_id))
+    credentials = resolve_credentials(config.credentials)
+    options = RunOptions(dry_run=args.dry_run, progress=args.progress, quiet=args.quiet)
+    result = trio.run(run_sync, config, credentials, options)
+    document = plan_json(result.plan) if result.dry_run else summary_json(result)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    lines = plan_lines(result.plan) if result.dry_run else summary_lines(result)
+    if result.dry_run and not args.json:
+        print("\n".join(lines))
+    elif not (args.quiet and result.exit_code == 0):
+        print("\n".join(lines), file=sys.stderr)
+    return result.exit_code
 
 
 # --- list -----------------------------------------------------------------------------
@@ -130,7 +167,7 @@ def _image_json(image: ExportedImage) -> dict[str, Any]:
 def _print_table(images: list[ExportedImage]) -> None:
     headings = ("ID", "NAME", "STATUS", "PLATFORM", "ARCH", "CREATED", "URL")
     rows = [
-        (i.image_id, _printable(i.image_name), i.status, i.platform, i.architecture,
+        (i.image_id, printable(i.image_name), i.status, i.platform, i.architecture,
          i.creation_time, i.public_url or "-")
         for i in images
     ]
@@ -140,11 +177,6 @@ def _print_table(images: list[ExportedImage]) -> None:
     counts = Counter(image.status for image in images)
     summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     print(f"\n{len(images)} images: {summary}" if images else "no images")
-
-
-def _printable(text: str) -> str:
-    """A name from the API, with control characters shown escaped, never interpreted."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

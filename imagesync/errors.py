@@ -6,7 +6,9 @@
     ├── ApiError                   3  the image listing failed (auth, permission, endpoint)
     │   └── MalformedResponseError 3  the API answered something we cannot trust
     ├── LockedError                75 another run holds the lock
-    ├── DestinationError           1  the destination cannot be written (disk full, permission)
+    ├── Interrupted                130/143 SIGINT or SIGTERM; partial files stay for resume
+    ├── DestinationError           1  the destination cannot be written (permission, bad manifest)
+    │   └── DiskFullError          1  stops the run; partial files stay for resume
     └── TransferError              -  one image failed; becomes an outcome, not an exit
         ├── SourceChangedError        the object changed under a resume (412)
         ├── ChecksumMismatchError     bytes received differ from what OSS publishes
@@ -54,6 +56,18 @@ class LockedError(ImagesyncError):
 
 class DestinationError(ImagesyncError):
     exit_code = EXIT_IMAGE_FAILED
+
+
+class DiskFullError(DestinationError):
+    """Stops the whole run: no other image can be written either."""
+
+
+class Interrupted(ImagesyncError):
+    """SIGINT or SIGTERM: stop now, keep partial files for the next run."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class TransferError(ImagesyncError):

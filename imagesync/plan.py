@@ -1,0 +1,189 @@
+"""Decide, per image, what a run does: download, resume, replace, skip, or report why not.
+
+The source's identity (ETag, size, CRC-64) comes from a HEAD per object, run concurrently and
+bounded; it is compared with the manifest, the file under its final name and any partial
+file. Planning reads the destination and never writes to it, so a dry run is just a plan.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
+
+import trio
+
+from .config import FilterConfig
+from .ens import ExportedImage
+from .errors import TransferError
+from .layout import assign_paths
+from .manifest import Manifest, ManifestEntry
+from .retry import RetryPolicy
+from .sinks.local import LocalSink, PartialState
+from .source import ObjectInfo, ObjectSource, TransientError
+
+EXPORTED = "Exported"
+
+
+class Action(StrEnum):
+    DOWNLOAD = "download"
+    RESUME = "resume"
+    REPLACE = "replace"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+TRANSFER_ACTIONS = (Action.DOWNLOAD, Action.RESUME, Action.REPLACE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedImage:
+    image: ExportedImage
+    path: PurePosixPath
+    action: Action
+    reason: str
+    info: ObjectInfo | None = None
+    partial_bytes: int = 0
+    source: ObjectSource | None = None
+
+    @property
+    def bytes_to_transfer(self) -> int:
+        if self.info is None or self.action in (Action.SKIP, Action.FAIL):
+            return 0
+        return self.info.size - self.partial_bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selection:
+    """The listing split by what the run will do with each image."""
+
+    selected: list[ExportedImage]
+    not_exported: list[ExportedImage] = field(default_factory=list)
+    filtered_out: list[ExportedImage] = field(default_factory=list)
+    unknown_ids: list[str] = field(default_factory=list)  # asked for by id, not listed at all
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    items: list[PlannedImage]
+    selection: Selection
+    missing: list[ManifestEntry]  # mirrored earlier, no longer listed by the API
+    free_bytes: int
+
+    @property
+    def transfers(self) -> list[PlannedImage]:
+        return [item for item in self.items if item.action in TRANSFER_ACTIONS]
+
+    @property
+    def bytes_to_transfer(self) -> int:
+        return sum(item.bytes_to_transfer for item in self.items)
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_to_transfer <= self.free_bytes
+
+
+def select(images: Sequence[ExportedImage], filters: FilterConfig) -> Selection:
+    """Keep exported images that pass the filters; account for every other one."""
+    wanted_ids = set(filters.image_ids)
+    selected, not_exported, filtered_out = [], [], []
+    for image in images:
+        if wanted_ids and image.image_id not in wanted_ids:
+            filtered_out.append(image)
+        elif not _name_passes(image.image_name, filters):
+            filtered_out.append(image)
+        elif image.status != EXPORTED or not image.url:
+            not_exported.append(image)
+        else:
+            selected.append(image)
+    listed = {image.image_id for image in images}
+    unknown = sorted(wanted_ids - listed)
+    return Selection(selected=selected, not_exported=not_exported, filtered_out=filtered_out,
+                     unknown_ids=unknown)
+
+
+def _name_passes(name: str, filters: FilterConfig) -> bool:
+    included = any(fnmatch.fnmatchcase(name, pattern) for pattern in filters.include)
+    return included and not any(fnmatch.fnmatchcase(name, pattern) for pattern in filters.exclude)
+
+
+async def make_plan(
+    images: Sequence[ExportedImage],
+    selection: Selection,
+    *,
+    manifest: Manifest,
+    sink: LocalSink,
+    template: str,
+    make_source: Callable[[ExportedImage], ObjectSource],
+    concurrency: int,
+    retry: RetryPolicy,
+) -> Plan:
+    paths = assign_paths(template, selection.selected, {i: e.path for i, e in manifest.entries.items()})
+    items: dict[str, PlannedImage] = {}
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def plan_one(image: ExportedImage) -> None:
+        async with limiter:
+            items[image.image_id] = await _plan_image(
+                image, paths[image.image_id], manifest.get(image.image_id), sink, make_source, retry
+            )
+
+    async with trio.open_nursery() as nursery:
+        for image in selection.selected:
+            nursery.start_soon(plan_one, image)
+    listed = {image.image_id for image in images}
+    missing = [entry for image_id, entry in sorted(manifest.entries.items()) if image_id not in listed]
+    free = await trio.to_thread.run_sync(sink.free_bytes)
+    ordered = [items[image.image_id] for image in selection.selected]
+    return Plan(items=ordered, selection=selection, missing=missing, free_bytes=free)
+
+
+async def _plan_image(
+    image: ExportedImage,
+    path: PurePosixPath,
+    entry: ManifestEntry | None,
+    sink: LocalSink,
+    make_source: Callable[[ExportedImage], ObjectSource],
+    retry: RetryPolicy,
+) -> PlannedImage:
+    try:
+        source = make_source(image)
+        info = await _head(source, retry)
+    except TransferError as error:
+        return PlannedImage(image=image, path=path, action=Action.FAIL, reason=str(error))
+    final_size, (state, on_disk) = await trio.to_thread.run_sync(
+        lambda: (sink.final_size(path), sink.partial(path).read_state())
+    )
+    action, reason, partial_bytes = _decide(entry, info, final_size, state, on_disk,
+                                                 source.location.public_url)
+    return PlannedImage(image=image, path=path, action=action, reason=reason, info=info,
+                        partial_bytes=partial_bytes, source=source)
+
+
+def _decide(entry: ManifestEntry | None, info: ObjectInfo, final_size: int | None,
+            state: PartialState | None, on_disk: int, public_url: str) -> tuple[Action, str, int]:
+    unchanged = entry is not None and entry.source_etag == info.etag and entry.size == info.size
+    if unchanged and final_size == info.size:
+        return Action.SKIP, "mirrored, source unchanged", 0
+    resumable = state is not None and (state.source_url, state.etag, state.size) == (
+        public_url, info.etag, info.size)
+    if resumable and 0 < on_disk <= info.size:
+        return Action.RESUME, f"{on_disk} of {info.size} bytes already on disk", on_disk
+    if entry is not None and final_size is not None and not unchanged:
+        return Action.REPLACE, f"source changed (ETag {entry.source_etag} -> {info.etag})", 0
+    if entry is not None:
+        return Action.DOWNLOAD, "the mirrored copy is missing or has the wrong size", 0
+    return Action.DOWNLOAD, "not mirrored yet", 0
+
+
+async def _head(source: ObjectSource, retry: RetryPolicy) -> ObjectInfo:
+    for attempt in range(1, retry.max_attempts + 1):
+        try:
+            return await source.head()
+        except TransientError:
+            if attempt == retry.max_attempts:
+                raise
+            await trio.sleep(retry.delay_s(attempt))
+    raise AssertionError("unreachable")

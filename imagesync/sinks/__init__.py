@@ -1,0 +1,1 @@
+"""Destinations an image can be mirrored to."""

@@ -1,0 +1,153 @@
+"""Copy one image: stream, hash, write, verify, commit; resume and retry on the way.
+
+Bytes flow from the source's ranged GET into a batch buffer; each full batch is hashed
+(CRC-64 and sha256) and written in a worker thread, so the event loop keeps serving the other
+transfers. The file is renamed to its final name only after its size and CRC-64 match what OSS
+publishes. Failures are classified by what happens next: resume (drops, 5xx), re-sign (expired
+URL), restart from zero (object changed, checksum mismatch once), or give up on this image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import trio
+
+from .checksum import Digest, digest_file
+from .errors import ChecksumMismatchError, SourceChangedError, TransferError
+from .retry import RetryPolicy
+from .sinks.local import PartialFile, PartialState
+from .source import ObjectInfo, ObjectSource, TransientError, UrlExpiredError
+
+BATCH_BYTES = 8 << 20
+MAX_CHECKSUM_FAILURES = 2
+MAX_RESIGNS = 3
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Copied:
+    """A verified copy now under its final name."""
+
+    info: ObjectInfo
+    sha256: str
+    crc64ecma: int
+    bytes_transferred: int
+    seconds: float
+
+
+class ImageCopy:
+    """The state of copying one object into one partial file."""
+
+    def __init__(
+        self,
+        source: ObjectSource,
+        partial: PartialFile,
+        info: ObjectInfo,
+        *,
+        retry: RetryPolicy,
+        limiter: trio.CapacityLimiter,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._source = source
+        self._partial = partial
+        self._info = info
+        self._retry = retry
+        self._limiter = limiter
+        self._on_bytes = on_bytes
+        self._digest = Digest()
+        self._transferred = 0
+
+    async def run(self, *, resume: bool) -> Copied:
+        started = time.monotonic()
+        await self._begin(resume=resume)
+        checksum_failures = attempts = resigns = 0
+        failed_at = -1
+        while True:
+            try:
+                await self._stream()
+                await self._verify_and_commit()
+                return Copied(info=self._info, sha256=self._digest.sha256, crc64ecma=self._digest.crc64,
+                              bytes_transferred=self._transferred, seconds=time.monotonic() - started)
+            except ChecksumMismatchError:
+                checksum_failures += 1
+                if checksum_failures >= MAX_CHECKSUM_FAILURES:
+                    await self._thread(self._partial.discard)
+                    raise
+                await self._begin(resume=False)
+            except UrlExpiredError:
+                resigns += 1
+                if resigns > MAX_RESIGNS:
+                    raise
+                self._source.resign()
+            except (TransientError, SourceChangedError) as error:
+                # A long transfer that keeps making progress deserves a fresh set of attempts.
+                attempts = 1 if self._digest.size > failed_at else attempts + 1
+                failed_at = self._digest.size
+                if attempts >= self._retry.max_attempts:
+                    raise TransferError(f"{error}; gave up after {attempts} attempts") from None
+                await trio.sleep(self._retry.delay_s(attempts))
+                if isinstance(error, SourceChangedError):
+                    self._info = await self._source.head()
+                    await self._begin(resume=False)
+
+    async def _begin(self, *, resume: bool) -> None:
+        """Open the partial file: keep and re-hash what a previous run left, or start at zero."""
+        state = PartialState(source_url=self._source.location.public_url, etag=self._info.etag,
+                             size=self._info.size, crc64ecma=str(self._info.crc64ecma or ""))
+        keep = 0
+        if resume:
+            recorded, on_disk = await self._thread(self._partial.read_state)
+            if recorded == state and on_disk <= self._info.size:
+                keep = on_disk
+        self._digest = await self._thread(digest_file, self._partial.part, keep) if keep else Digest()
+        await self._thread(self._partial.begin, state, keep_bytes=keep)
+
+    async def _stream(self) -> None:
+        """Append the rest of the object; on any error, what arrived so far is kept on disk."""
+        if self._digest.size == self._info.size:
+            return
+        batch = bytearray()
+        try:
+            async with self._source.open_range(self._digest.size, self._info) as body:
+                async for chunk in body:
+                    batch += chunk
+                    if len(batch) >= BATCH_BYTES:
+                        await self._flush(batch)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush(batch)
+        if self._digest.size != self._info.size:
+            raise TransientError(
+                f"{self._source.location.public_url} ended after {self._digest.size} of {self._info.size} bytes"
+            )
+
+    async def _flush(self, batch: bytearray) -> None:
+        if not batch:
+            return
+        if self._digest.size + len(batch) > self._info.size:
+            raise SourceChangedError(f"{self._source.location.public_url} sent more bytes than its size")
+        await self._thread(self._write_and_hash, batch)
+        self._transferred += len(batch)
+        self._on_bytes(len(batch))
+        batch.clear()
+
+    def _write_and_hash(self, batch: bytearray) -> None:
+        self._digest.update(batch)
+        self._partial.write(batch)
+
+    async def _verify_and_commit(self) -> None:
+        expected = self._info.crc64ecma
+        if expected is not None and self._digest.crc64 != expected:
+            raise ChecksumMismatchError(
+                f"{self._source.location.public_url}: CRC-64 of the bytes received is {self._digest.crc64}, "
+                f"OSS publishes {expected}; the copy was discarded"
+            )
+        await self._thread(self._partial.commit)
+
+    async def _thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await trio.to_thread.run_sync(partial(function, *args, **kwargs), limiter=self._limiter)
