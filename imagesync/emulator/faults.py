@@ -1,0 +1,228 @@
+"""Fault injection and request statistics, shared by the handler threads under one lock.
+
+Faults are set over HTTP (``POST /_emulator/faults`` with a JSON object whose fields merge
+into the current state) and count down atomically as requests consume them:
+
+===================== ====================================================================
+field                 effect
+===================== ====================================================================
+drop_after_bytes      the next object GET whose body is longer closes the connection after
+                      that many body bytes; ``drop_times`` (default 1, -1 = always) of them
+oss_5xx               the next K object requests (GET or HEAD) answer 503 ServiceUnavailable
+oss_403_expired       the next K object GETs answer 403 AccessDenied "Request has expired."
+ens_throttle          the next K ENS requests answer 400 Throttling.User, with header
+                      ``x-acs-retry-after`` when ``ens_retry_after_ms`` is set
+ens_5xx               the next K ENS requests answer 503 ServiceUnavailable
+ens_malformed         the next K ENS answers are 200 with a malformed body; variants cycle
+                      (text, Images a string, ImageId a number, no TotalCount) unless
+                      ``ens_malformed_mode`` names one of them
+corrupt_offset        flip the byte at that object offset in the next GET body that includes
+                      it; ``corrupt_times`` (default 1, -1 = always) of them
+latency_ms            delay before every ENS and OSS response
+bandwidth_bps         cap on the rate of each object body (0 = unlimited)
+key                   restrict drop, 5xx, 403, corruption and bandwidth to that object key
+===================== ====================================================================
+
+Setting ``drop_after_bytes`` or ``corrupt_offset`` resets its ``*_times`` to 1 unless the
+same request sets it too. A null value clears a field. ``POST /_emulator/reset`` goes back to
+the startup state (``--latency-ms``/``--bandwidth``) and zeroes the statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MALFORMED_MODES = ("text", "images_string", "image_id_number", "no_total_count")
+
+
+@dataclass(slots=True)
+class FaultState:
+    drop_after_bytes: int | None = None
+    drop_times: int = 1
+    oss_5xx: int = 0
+    oss_403_expired: int = 0
+    ens_throttle: int = 0
+    ens_retry_after_ms: int | None = None
+    ens_5xx: int = 0
+    ens_malformed: int = 0
+    ens_malformed_mode: str = "cycle"
+    corrupt_offset: int | None = None
+    corrupt_times: int = 1
+    latency_ms: int = 0
+    bandwidth_bps: int = 0
+    key: str | None = None
+
+
+_NULLABLE = {"drop_after_bytes", "ens_retry_after_ms", "corrupt_offset", "key"}
+_TIMES = {"drop_times", "corrupt_times"}
+_DEFAULTS = FaultState()
+
+
+class FaultError(ValueError):
+    """A fault request that cannot be applied (unknown field, wrong type or range)."""
+
+
+def _validate(name: str, value: Any) -> Any:
+    if name not in FaultState.__dataclass_fields__:
+        known = ", ".join(FaultState.__dataclass_fields__)
+        raise FaultError(f"unknown fault field {name!r} (known: {known})")
+    if value is None:
+        return None if name in _NULLABLE else getattr(_DEFAULTS, name)
+    if name == "key":
+        if not isinstance(value, str):
+            raise FaultError("key must be a string or null")
+        return value
+    if name == "ens_malformed_mode":
+        if value not in ("cycle", *MALFORMED_MODES):
+            raise FaultError(f"ens_malformed_mode must be one of cycle, {', '.join(MALFORMED_MODES)}")
+        return value
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FaultError(f"{name} must be an integer")
+    if value < (-1 if name in _TIMES else 0):
+        raise FaultError(f"{name} must be >= {-1 if name in _TIMES else 0}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BodyFaults:
+    """What to do to one object body: offsets are relative to the body's first byte."""
+
+    drop_after: int | None = None
+    corrupt_at: int | None = None
+    bandwidth_bps: int = 0
+
+    @property
+    def alters_body(self) -> bool:
+        return self.drop_after is not None or self.corrupt_at is not None or self.bandwidth_bps > 0
+
+
+@dataclass(slots=True)
+class _Counters:
+    ens_requests: int = 0
+    oss_requests: int = 0
+    object_gets: int = 0
+    object_heads: int = 0
+    body_bytes_sent: int = 0
+    bytes_by_key: dict[str, int] = field(default_factory=dict)
+    faults_injected: dict[str, int] = field(default_factory=dict)
+
+
+class Faults:
+    """The fault state and the statistics; every method is atomic."""
+
+    def __init__(self, baseline: FaultState | None = None) -> None:
+        self._baseline = dataclasses.replace(baseline or FaultState())
+        self._lock = threading.Lock()
+        self._state = dataclasses.replace(self._baseline)
+        self._counters = _Counters()
+        self._malformed_served = 0
+
+    # --- control ---
+
+    def update(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge fields into the state (all or nothing) and return the new state."""
+        values = {name: _validate(name, value) for name, value in fields.items()}
+        for name, times in (("drop_after_bytes", "drop_times"), ("corrupt_offset", "corrupt_times")):
+            if name in values and times not in values:
+                values[times] = 1
+        with self._lock:
+            for name, value in values.items():
+                setattr(self._state, name, value)
+            return dataclasses.asdict(self._state)
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return dataclasses.asdict(self._state)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._state = dataclasses.replace(self._baseline)
+            self._counters = _Counters()
+            self._malformed_served = 0
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return dataclasses.asdict(self._counters)
+
+    # --- accounting ---
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            setattr(self._counters, name, getattr(self._counters, name) + 1)
+
+    def add_bytes(self, key: str, sent: int) -> None:
+        with self._lock:
+            self._counters.body_bytes_sent += sent
+            by_key = self._counters.bytes_by_key
+            by_key[key] = by_key.get(key, 0) + sent
+
+    def _injected(self, kind: str) -> None:
+        injected = self._counters.faults_injected
+        injected[kind] = injected.get(kind, 0) + 1
+
+    # --- consumption ---
+
+    def latency_s(self) -> float:
+        with self._lock:
+            return self._state.latency_ms / 1000
+
+    def take_object_error(self, key: str, method: str) -> str | None:
+        """``"oss_5xx"`` or ``"oss_403_expired"`` if this object request must fail."""
+        with self._lock:
+            state = self._state
+            if state.key is not None and state.key != key:
+                return None
+            if state.oss_5xx > 0:
+                state.oss_5xx -= 1
+                self._injected("oss_5xx")
+                return "oss_5xx"
+            if method == "GET" and state.oss_403_expired > 0:
+                state.oss_403_expired -= 1
+                self._injected("oss_403_expired")
+                return "oss_403_expired"
+            return None
+
+    def take_body_faults(self, key: str, start: int, length: int) -> BodyFaults:
+        """Faults for a GET body covering object bytes ``[start, start + length)``."""
+        with self._lock:
+            state = self._state
+            if state.key is not None and state.key != key:
+                return BodyFaults()
+            drop_after = corrupt_at = None
+            limit = state.drop_after_bytes
+            if limit is not None and state.drop_times != 0 and length > limit:
+                drop_after = limit
+                state.drop_times -= 1 if state.drop_times > 0 else 0
+                self._injected("drop")
+            offset = state.corrupt_offset
+            if offset is not None and state.corrupt_times != 0 and start <= offset < start + length:
+                corrupt_at = offset - start
+                state.corrupt_times -= 1 if state.corrupt_times > 0 else 0
+                self._injected("corrupt")
+            return BodyFaults(drop_after, corrupt_at, state.bandwidth_bps)
+
+    def take_ens_fault(self) -> tuple[str, int | None] | None:
+        """``("throttle", retry_after_ms)``, ``("5xx", None)`` or ``("malformed:<mode>", None)``."""
+        with self._lock:
+            state = self._state
+            if state.ens_throttle > 0:
+                state.ens_throttle -= 1
+                self._injected("ens_throttle")
+                return "throttle", state.ens_retry_after_ms
+            if state.ens_5xx > 0:
+                state.ens_5xx -= 1
+                self._injected("ens_5xx")
+                return "5xx", None
+            if state.ens_malformed > 0:
+                state.ens_malformed -= 1
+                self._injected("ens_malformed")
+                mode = state.ens_malformed_mode
+                if mode == "cycle":
+                    mode = MALFORMED_MODES[self._malformed_served % len(MALFORMED_MODES)]
+                self._malformed_served += 1
+                return f"malformed:{mode}", None
+            return None

@@ -1,0 +1,115 @@
+"""Start an emulator: prepare the data root, listen, print the config, serve until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from .catalog import Catalog, catalog_path, create_sample_catalog
+from .faults import Faults, FaultState
+from .objects import ObjectStore, bucket_path
+from .options import Options, client_config, render_toml
+from .server import EmulatorHTTPServer, Handler
+from .state import Emulator, NonceCache
+
+HOST = "127.0.0.1"
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM/SIGINT handler to leave ``serve_forever``."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def _error(message: str) -> None:
+    print(f"imagesync emulator: error: {message}", file=sys.stderr)
+
+
+def prepare_root(options: Options) -> None:
+    """Create the layout; on a root without catalog, generate the sample images."""
+    bucket_path(options.root, options.bucket).mkdir(parents=True, exist_ok=True)
+    if catalog_path(options.root).exists():
+        return
+    started = time.monotonic()
+    create_sample_catalog(
+        options.root, options.images, options.image_sizes, bucket=options.bucket
+    )
+    if options.images:
+        total = sum(options.image_sizes[i % len(options.image_sizes)] for i in range(options.images))
+        print(
+            f"imagesync emulator: generated {options.images} sample images "
+            f"({total / 2**20:.1f} MiB) in {options.root} in {time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+        )
+
+
+def write_config_file(path: Path, text: str) -> None:
+    """Write the config with mode 0600 (it holds the secret)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
+def build_emulator(options: Options, port: int) -> Emulator:
+    baseline = FaultState(latency_ms=options.latency_ms, bandwidth_bps=options.bandwidth_bps)
+    return Emulator(
+        root=options.root,
+        base_url=f"http://{HOST}:{port}",
+        access_key_id=options.access_key_id,
+        access_key_secret=options.access_key_secret,
+        region=options.region,
+        public_read=options.public_read,
+        catalog=Catalog(options.root),
+        objects=ObjectStore(options.root),
+        faults=Faults(baseline),
+        nonces=NonceCache(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``imagesync emulator``: serve until SIGINT/SIGTERM, then exit 0."""
+    try:
+        options = Options.from_args(args)
+        prepare_root(options)
+        server = EmulatorHTTPServer((HOST, options.port), Handler)
+    except (ValueError, OSError) as exc:
+        _error(str(exc))
+        return 2 if isinstance(exc, ValueError) else 1
+    with server:
+        port = server.server_address[1]
+        server.emulator = build_emulator(options, port)
+        server.verbose = options.verbose
+        config = render_toml(
+            client_config(
+                url=server.emulator.base_url,
+                access_key_id=options.access_key_id,
+                access_key_secret=options.access_key_secret,
+                region=options.region,
+                public_read=options.public_read,
+                destination=options.destination,
+            )
+        )
+        try:
+            if options.config_out is not None:
+                write_config_file(options.config_out, config)
+        except OSError as exc:
+            _error(f"cannot write {options.config_out}: {exc}")
+            return 1
+        print(f"imagesync emulator listening on {server.emulator.base_url}\n\n{config}", end="", flush=True)
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.serve_forever(poll_interval=0.5)
+        except (_Stop, KeyboardInterrupt):
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
