@@ -283,7 +283,7 @@ def test_assigned_paths_are_unique_and_never_nested(
     for i, (_, path) in enumerate(assigned):
         assert not any(clash(path, other) for _, other in assigned[i + 1:])
     for image_id, path in assigned:
-        if existing.get(image_id) != str(path):
+        if image_id not in existing or PurePosixPath(existing[image_id]) != path:
             check_path(path)
     safe = {k: PurePosixPath(v) for k, v in existing.items()
             if PurePosixPath(v).parts and ".." not in PurePosixPath(v).parts

@@ -1,0 +1,423 @@
+"""The record of what was mirrored and verified: manifest.json and SHA256SUMS, never half written.
+
+Each verified image is appended to ``manifest.journal`` (one JSON line, fsynced: O(1) per
+image). Every few seconds, and on close, the journal is compacted: ``manifest.json`` and
+``SHA256SUMS`` are rewritten atomically (temporary file, fsync, rename, fsync of the folder)
+and only then is the journal emptied. `Manifest.load` reads manifest.json and replays the
+journal, so a crash at any point loses nothing that was recorded. The methods block; the
+owner runs them in a worker thread. No locks: a single owner calls the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import DestinationError, DiskFullError
+
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+JOURNAL_NAME = "manifest.journal"
+VERSION = 1
+
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
+_FIELDS = ("image_id", "image_name", "architecture", "platform", "creation_time", "source_url",
+           "source_etag", "size", "crc64ecma", "sha256", "path", "mirrored_at")
+
+
+def format_time(when: datetime | str) -> str:
+    """`when` as the manifest writes times: ISO-8601 UTC, seconds, ``Z`` (a string is checked)."""
+    if isinstance(when, str):
+        if not _TIME.fullmatch(when):
+            raise ValueError(f"{when!r} is not a manifest time (YYYY-MM-DDTHH:MM:SSZ)")
+        return when
+    if when.tzinfo is None:
+        raise ValueError("a manifest time must be timezone-aware")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestEntry:
+    """One mirrored, verified image. Invalid values raise ValueError; a query string is dropped."""
+
+    image_id: str
+    image_name: str
+    architecture: str
+    platform: str
+    creation_time: str
+    source_url: str
+    source_etag: str
+    size: int
+    crc64ecma: str
+    sha256: str
+    path: str
+    mirrored_at: str
+    missing_since: str | None = None
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.source_url)
+        # No query, fragment or user info: nothing that could carry a credential is kept.
+        public = url._replace(netloc=url.netloc.rpartition("@")[2], query="", fragment="")
+        object.__setattr__(self, "source_url", public.geturl())
+        object.__setattr__(self, "sha256", self.sha256.lower())
+        problem = _problem(self)
+        if problem:
+            raise ValueError(problem)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in _FIELDS}
+        if self.missing_since is not None:
+            data["missing_since"] = self.missing_since
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> ManifestEntry:
+        """The entry `data` describes; `where` (file and position) starts any error message."""
+        if not isinstance(data, dict):
+            raise DestinationError(f"{where} is not a JSON object; repair or remove it")
+        if isinstance(data.get("image_id"), str):
+            where = f"{where} (image {data['image_id']})"
+        values: dict[str, Any] = {name: data.get(name) for name in (*_FIELDS, "missing_since")}
+        for name, value in values.items():
+            if name == "size":
+                ok, expected = type(value) is int, "an integer"
+            else:
+                ok = isinstance(value, str) or (name == "missing_since" and value is None)
+                expected = "a string"
+            if not ok:
+                got = "missing" if value is None else repr(value)
+                raise DestinationError(
+                    f"{where}: {name} is {got}, expected {expected}; repair or remove this entry"
+                )
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise DestinationError(f"{where}: {error}; repair or remove this entry") from None
+
+
+def _problem(entry: ManifestEntry) -> str | None:
+    times = "expected YYYY-MM-DDTHH:MM:SSZ"
+    checks = (
+        (bool(entry.image_id), "image_id is empty"),
+        (entry.size >= 0, f"size is {entry.size}, expected a byte count"),
+        (bool(_DECIMAL.fullmatch(entry.crc64ecma)) and int(entry.crc64ecma) < 2**64,
+         f"crc64ecma is {entry.crc64ecma!r}, expected a 64-bit decimal number"),
+        (bool(_SHA256.fullmatch(entry.sha256)), f"sha256 is {entry.sha256!r}, expected 64 hex digits"),
+        (_is_relative(entry.path), f"path {entry.path!r} is not a plain relative path"),
+        (bool(_TIME.fullmatch(entry.mirrored_at)), f"mirrored_at is {entry.mirrored_at!r}, {times}"),
+        (entry.missing_since is None or bool(_TIME.fullmatch(entry.missing_since)),
+         f"missing_since is {entry.missing_since!r}, {times}"),
+    )
+    return next((message for ok, message in checks if not ok), None)
+
+
+def _is_relative(text: str) -> bool:
+    path = PurePosixPath(text)
+    return (str(path) == text and not path.is_absolute() and "\0" not in text
+            and not _UNENCODABLE.search(text) and all(p not in (".", "..") for p in path.parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The mirrored images by image_id, as manifest.json and its journal record them."""
+
+    entries: Mapping[str, ManifestEntry] = field(default_factory=dict)
+    updated_at: str | None = None
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        """The manifest under `root` with its journal replayed; empty if there is none."""
+        entries: dict[str, ManifestEntry] = {}
+        updated_at = None
+        raw = _read_optional(root / MANIFEST_NAME)
+        if raw is not None:
+            updated_at, entries = _parse_document(raw, root / MANIFEST_NAME)
+        journal = _read_optional(root / JOURNAL_NAME)
+        if journal:
+            _replay(journal, entries, root / JOURNAL_NAME)
+        return cls(MappingProxyType(entries), updated_at)
+
+    def get(self, image_id: str) -> ManifestEntry | None:
+        return self.entries.get(image_id)
+
+
+def render_manifest(entries: Iterable[ManifestEntry], updated_at: str) -> bytes:
+    """The bytes of manifest.json: images sorted by image_id."""
+    images = [entry.to_json() for entry in sorted(entries, key=lambda entry: entry.image_id)]
+    text = json.dumps({"version": VERSION, "updated_at": updated_at, "images": images},
+                      indent=2, ensure_ascii=False)
+    # A name from the API may hold a lone surrogate; "\udxxx" is then also its JSON escape.
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def render_sha256sums(entries: Iterable[ManifestEntry]) -> bytes:
+    """The bytes of SHA256SUMS, sorted by path, as ``sha256sum -c`` reads them.
+
+    Like GNU coreutils, a name holding a backslash, newline or carriage return is escaped
+    and its line starts with a backslash.
+    """
+    lines = []
+    for entry in sorted(entries, key=lambda entry: entry.path):
+        name = entry.path
+        if any(char in name for char in "\\\n\r"):
+            name = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+            lines.append(f"\\{entry.sha256}  {name}\n")
+        else:
+            lines.append(f"{entry.sha256}  {name}\n")
+    return "".join(lines).encode()
+
+
+class ManifestWriter:
+    """Records verified images durably in O(1) each; compacts every `compact_interval_s`.
+
+    `manifest` must be what `Manifest.load(root)` returned. Call `close` at the end.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        root: Path,
+        *,
+        compact_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.compactions = 0  # how many times manifest.json was rewritten
+        self._root = root
+        self._journal = root / JOURNAL_NAME
+        self._entries = dict(manifest.entries)
+        self._interval_s = compact_interval_s
+        self._clock = clock
+        self._last_compaction = clock()
+        self._fd: int | None = None
+        self._journal_size = 0
+        self._dirty = False
+        self._closed = False
+        _remove_temporaries(root)
+        leftover = _read_optional(self._journal)
+        if leftover:  # an earlier run stopped before compacting: fold its journal in first
+            _replay(leftover, self._entries, self._journal)
+            self.compact()
+
+    @property
+    def entries(self) -> Mapping[str, ManifestEntry]:
+        return MappingProxyType(self._entries)
+
+    def record(self, entry: ManifestEntry) -> None:
+        """Add or replace the entry of one verified image; durable when this returns."""
+        self._append({"op": "record", "entry": entry.to_json()})
+        self._entries[entry.image_id] = entry
+        self._maybe_compact()
+
+    def mark_missing(self, image_ids: Iterable[str], when: datetime | str) -> None:
+        """Mark entries whose image the API no longer lists; an earlier mark is kept."""
+        self._mark(image_ids, format_time(when))
+
+    def mark_present(self, image_ids: Iterable[str]) -> None:
+        """Clear the mark of entries whose image the API lists again."""
+        self._mark(image_ids, None)
+
+    def compact(self) -> None:
+        """Rewrite manifest.json and SHA256SUMS atomically, then empty the journal."""
+        self._check_open()
+        entries = list(self._entries.values())
+        _replace_file(self._root, MANIFEST_NAME,
+                      render_manifest(entries, format_time(datetime.now(UTC))))
+        _replace_file(self._root, SUMS_NAME, render_sha256sums(entries))
+        try:
+            _fsync_folder(self._root)  # both renames are durable before the journal goes
+            if self._fd is None:
+                self._journal.unlink(missing_ok=True)
+                _fsync_folder(self._root)
+            else:
+                os.ftruncate(self._fd, 0)
+                os.fsync(self._fd)
+        except OSError as error:
+            raise _destination_error(f"cannot empty {self._journal}", error) from None
+        self._journal_size = 0
+        self._dirty = False
+        self._last_compaction = self._clock()
+        self.compactions += 1
+
+    def close(self) -> None:
+        """Compact if anything was recorded since the last time, and remove the journal."""
+        if self._closed:
+            return
+        try:
+            if self._dirty:
+                self.compact()
+            self._journal.unlink(missing_ok=True)
+        except OSError as error:
+            raise _destination_error(f"cannot remove {self._journal}", error) from None
+        finally:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the manifest writer is closed")
+
+    def _mark(self, image_ids: Iterable[str], since: str | None) -> None:
+        entries = self._entries
+        ids = sorted(i for i in set(image_ids)
+                     if i in entries and (entries[i].missing_since is None) == (since is not None))
+        if ids:
+            self._append({"op": "mark", "image_ids": ids, "since": since})
+            _set_missing(entries, ids, since)
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self._clock() - self._last_compaction > self._interval_s:
+            self.compact()
+
+    def _append(self, op: dict[str, Any]) -> None:
+        self._check_open()
+        line = (json.dumps(op, separators=(",", ":")) + "\n").encode()
+        try:
+            if self._fd is None:
+                created = not self._journal.exists()
+                self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                self._journal_size = os.fstat(self._fd).st_size
+                if created:
+                    _fsync_folder(self._root)
+            _write_all(self._fd, line)
+            os.fsync(self._fd)
+        except OSError as error:
+            if self._fd is not None:  # cut a half-written line, so the next one stays whole
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._journal_size)
+            raise _destination_error(f"cannot append to {self._journal}", error) from None
+        self._journal_size += len(line)
+        self._dirty = True
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise _destination_error(f"cannot read {path}", error) from None
+
+
+def _parse_document(raw: bytes, path: Path) -> tuple[str | None, dict[str, ManifestEntry]]:
+    hint = "restore it from a backup or repair it by hand"
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}: {error.msg}"
+        raise DestinationError(f"{path} is not valid JSON ({where}); {hint}") from None
+    except (ValueError, RecursionError):
+        raise DestinationError(f"{path} is not valid UTF-8 JSON; {hint}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+        raise DestinationError(f"{path} is not an imagesync manifest (no images list); {hint}")
+    if document.get("version") != VERSION:
+        raise DestinationError(f"{path} has version {document.get('version')!r}; "
+                               f"this imagesync reads version {VERSION}")
+    updated_at = document.get("updated_at")
+    entries: dict[str, ManifestEntry] = {}
+    for index, raw_entry in enumerate(document["images"]):
+        entry = ManifestEntry.from_json(raw_entry, where=f"{path}, images[{index}]")
+        if entry.image_id in entries:
+            raise DestinationError(f"{path}, images[{index}]: image {entry.image_id} is listed "
+                                   "twice; remove one of the entries")
+        entries[entry.image_id] = entry
+    return (updated_at if isinstance(updated_at, str) else None), entries
+
+
+def _replay(raw: bytes, entries: dict[str, ManifestEntry], path: Path) -> None:
+    """Apply the journal's lines to `entries`; a torn last line (a crash mid-write) is ignored."""
+    *lines, torn = raw.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            _apply(line, entries, f"{path}, line {number}")
+    if torn.strip():
+        with contextlib.suppress(DestinationError):
+            _apply(torn, entries, f"{path}, line {len(lines) + 1}")
+
+
+def _apply(line: bytes, entries: dict[str, ManifestEntry], where: str) -> None:
+    try:
+        op = json.loads(line)
+    except (ValueError, RecursionError):
+        op = None
+    if isinstance(op, dict) and op.get("op") == "record":
+        entry = ManifestEntry.from_json(op.get("entry"), where=where)
+        entries[entry.image_id] = entry
+        return
+    if isinstance(op, dict) and op.get("op") == "mark":
+        ids, since = op.get("image_ids"), op.get("since")
+        if (isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                and (since is None or (isinstance(since, str) and _TIME.fullmatch(since)))):
+            _set_missing(entries, ids, since)
+            return
+    raise DestinationError(f"{where} is not a journal record; repair or remove that line")
+
+
+def _set_missing(entries: dict[str, ManifestEntry], ids: Iterable[str], since: str | None) -> None:
+    for image_id in ids:
+        entry = entries.get(image_id)
+        if entry is not None and (since is None or entry.missing_since is None):
+            entries[image_id] = replace(entry, missing_since=since)
+
+
+def _replace_file(root: Path, name: str, data: bytes) -> None:
+    # A leading dot: no image path can start with one, so this can never clobber an image.
+    temporary = root / f".{name}.tmp-{secrets.token_hex(8)}"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        temporary.replace(root / name)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise _destination_error(f"cannot write {root / name}", error) from None
+
+
+def _remove_temporaries(root: Path) -> None:
+    """Temporary files a crash left behind during a compaction."""
+    with contextlib.suppress(OSError):
+        for path in root.iterdir():
+            if path.name.startswith((f".{MANIFEST_NAME}.tmp-", f".{SUMS_NAME}.tmp-")):
+                path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_folder(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _destination_error(what: str, error: OSError) -> DestinationError:
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"{what}: {reason}; free some space and run again")
+    return DestinationError(f"{what}: {reason}")
