@@ -170,7 +170,8 @@ def test_render_sha256sums_escapes_like_gnu() -> None:
 
 
 NAMES = ["m-1.qcow2", "centos/x86_64/web 7.qcow2", "-rf.qcow2", "漢字/😀 e\u0301.qcow2",
-         "back\\slash.qcow2", "new\nline.qcow2", "carriage\rreturn.qcow2", "  spaced  "]
+         "back\\slash.qcow2", "new\nline.qcow2", "carriage\rreturn.qcow2", "  spaced  ",
+         "*star", "two  spaces", "trailing\\"]
 
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs GNU sha256sum")
