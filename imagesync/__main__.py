@@ -1,3 +1,5 @@
-from imagesync.cli import main
 import sys
+
+from imagesync.cli import main
+
 sys.exit(main())

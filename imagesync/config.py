@@ -56,7 +56,7 @@ def _path_template(value: Any) -> str | None:
         value.format(**{name: "x" for name in PATH_FIELDS})
     except (KeyError, IndexError, ValueError):
         return "a template using only {" + "}, {".join(PATH_FIELDS) + "}"
-    return None if "{image_id}" in value else "a template that contains {image_id}"
+    return None if value.strip() else "a non-empty template"
 
 
 def _check(check: Check) -> dict[str, Check]:

@@ -90,9 +90,7 @@ def select(images: Sequence[ExportedImage], filters: FilterConfig) -> Selection:
     wanted_ids = set(filters.image_ids)
     selected, not_exported, filtered_out = [], [], []
     for image in images:
-        if wanted_ids and image.image_id not in wanted_ids:
-            filtered_out.append(image)
-        elif not _name_passes(image.image_name, filters):
+        if (wanted_ids and image.image_id not in wanted_ids) or not _name_passes(image.image_name, filters):
             filtered_out.append(image)
         elif image.status != EXPORTED or not image.url:
             not_exported.append(image)

@@ -52,7 +52,7 @@ class BarProgress:
     def __init__(self, total_bytes: int) -> None:
         self._total = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                            desc="total", position=0, dynamic_ncols=True, file=sys.stderr)
-        self._bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+        self._bars: dict[str, tqdm] = {}
 
     def start(self, image_id: str, name: str, size: int, already: int) -> None:
         self._bars[image_id] = tqdm(total=size, initial=already, unit="B", unit_scale=True,

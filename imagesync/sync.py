@@ -126,11 +126,14 @@ def _planned_failures(plan: Plan) -> list[Outcome]:
 
 async def _transfer_all(config: Config, options: RunOptions, sink: LocalSink, manifest: Manifest,
                         plan: Plan) -> list[Outcome]:
-    writer = ManifestWriter(manifest, sink.root)
-    now = _utc_now()
-    await trio.to_thread.run_sync(writer.mark_missing, [e.image_id for e in plan.missing], now)
+    writer = await trio.to_thread.run_sync(ManifestWriter, manifest, sink.root)
+    relisted = [i.image.image_id for i in plan.items if (e := manifest.get(i.image.image_id)) and e.missing_since]
+    await trio.to_thread.run_sync(writer.mark_missing, [e.image_id for e in plan.missing], _utc_now())
+    await trio.to_thread.run_sync(writer.mark_present, relisted)
     progress = make_progress(options.progress, plan.bytes_to_transfer, options.quiet)
     outcomes = _planned_failures(plan)
+    for failure in outcomes:
+        progress.finish(failure.image_id, _outcome_line(failure), ok=False)
     workers = _Workers(config, sink, progress)
     try:
         async with trio.open_nursery() as nursery:
@@ -161,14 +164,9 @@ async def _feed(plan: Plan, jobs: trio.MemorySendChannel[PlannedImage],
     async with jobs, results:
         for item in plan.items:
             if item.action is Action.SKIP:
-                await results.send(_outcome(item, "skipped", reason=item.reason, entry=_relisted(item)))
+                await results.send(_outcome(item, "skipped", reason=item.reason))
             elif item.action is not Action.FAIL:
                 await jobs.send(item)
-
-
-def _relisted(item: PlannedImage) -> ManifestEntry | None:
-    """A skipped image needs a manifest update only if it had been marked missing."""
-    return None
 
 
 async def _report(results: trio.MemoryReceiveChannel[Outcome], writer: ManifestWriter,

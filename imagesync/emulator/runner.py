@@ -20,8 +20,12 @@ from .state import Emulator, NonceCache
 HOST = "127.0.0.1"
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM/SIGINT handler to leave ``serve_forever``."""
+class _Stop(BaseException):
+    """Raised by the SIGTERM/SIGINT handler to leave ``serve_forever``.
+
+    A BaseException, like KeyboardInterrupt, so that socketserver's ``except Exception``
+    around request handling cannot swallow it.
+    """
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -103,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             _error(f"cannot write {options.config_out}: {exc}")
             return 1
-        print(f"imagesync emulator listening on {server.emulator.base_url}\n\n{config}", end="", flush=True)
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            print(f"imagesync emulator listening on {server.emulator.base_url}\n\n{config}", end="", flush=True)
             server.serve_forever(poll_interval=0.5)
         except (_Stop, KeyboardInterrupt):
             pass

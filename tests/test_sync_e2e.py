@@ -1,0 +1,244 @@
+"""`imagesync sync` end to end over real sockets against the emulator (issue 3's "done when")."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clitools import CLEAN_ENV, imagesync, one_sentence, sha256_of, summary, tree_snapshot, write_config
+
+
+def exported(emulator: Any) -> list[dict[str, Any]]:
+    return [e for e in emulator.catalog() if e["ImageExportStatus"] == "Exported"]
+
+
+def manifest_of(mirror: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((mirror / "manifest.json").read_text())
+    return document
+
+
+def assert_mirror_matches(emulator: Any, mirror: Path, image_ids: list[str]) -> None:
+    manifest = manifest_of(mirror)
+    assert sorted(e["image_id"] for e in manifest["images"]) == sorted(image_ids)
+    for entry in manifest["images"]:
+        local = mirror / entry["path"]
+        assert local.read_bytes() == emulator.object_path(entry["image_id"]).read_bytes()
+        assert entry["sha256"] == sha256_of(local)
+        assert "?" not in entry["source_url"]
+    check = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=mirror,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert not list(mirror.rglob("*.imagesync-part"))
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Path:
+    return tmp_path / "mirror"
+
+
+def test_mirror_then_nothing_to_do(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    first = imagesync("sync", "-c", config, "--json")
+    assert first.returncode == 0, first.stderr
+    ids = [e["ImageId"] for e in exported(emulator)]
+    assert summary(first)["counts"] == {"mirrored": len(ids), "skipped": 0, "failed": 0}
+    assert_mirror_matches(emulator, mirror, ids)
+    assert {i["image_id"] for i in summary(first)["not_exported"]} == {
+        e["ImageId"] for e in emulator.catalog() if e["ImageExportStatus"] != "Exported"}
+
+    emulator.reset()
+    second = imagesync("sync", "-c", config, "--json")
+    assert second.returncode == 0, second.stderr
+    assert summary(second)["bytes_transferred"] == 0
+    assert summary(second)["counts"]["skipped"] == len(ids)
+    assert emulator.stats()["object_gets"] == 0
+
+
+def test_quiet_success_prints_nothing(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    result = imagesync("sync", "-c", config, "-q")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_dry_run_writes_nothing(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    before = tree_snapshot(tmp_path)
+    result = imagesync("sync", "-c", config, "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert tree_snapshot(tmp_path) == before
+    assert not mirror.exists()
+    plan = summary(result)
+    sizes = {e["ImageId"]: emulator.object_path(e["ImageId"]).stat().st_size for e in exported(emulator)}
+    assert {i["image_id"]: i["action"] for i in plan["images"]} == {i: "download" for i in sizes}
+    assert plan["totals"]["bytes_to_transfer"] == sum(sizes.values())
+    assert plan["totals"]["images_to_transfer"] == len(sizes)
+    assert plan["destination"]["fits"] is True
+
+    # After a real run, the preview of an existing mirror changes nothing either.
+    assert imagesync("sync", "-c", config).returncode == 0
+    before = tree_snapshot(tmp_path)
+    again = summary(imagesync("sync", "-c", config, "--dry-run", "--json"))
+    assert {i["action"] for i in again["images"]} == {"skip"}
+    assert again["totals"]["bytes_to_transfer"] == 0
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_dropped_connection_resumes_in_the_same_run(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, transfer={"concurrency": 1})
+    emulator.faults(drop_after_bytes=300_000, drop_times=3)
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    ids = [e["ImageId"] for e in exported(emulator)]
+    assert_mirror_matches(emulator, mirror, ids)
+    total = sum(emulator.object_path(i).stat().st_size for i in ids)
+    # Resumed, not restarted: what crossed the wire is the objects plus at most the dropped tails.
+    assert summary(result)["bytes_transferred"] == total
+    assert emulator.stats()["object_gets"] >= len(ids) + 3
+
+
+def test_5xx_and_expired_urls_are_ridden_out(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    emulator.faults(oss_5xx=2, oss_403_expired=2)
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])
+
+
+def test_corrupt_byte_is_caught_and_refetched(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    emulator.faults(corrupt_offset=12_345, corrupt_times=1)
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])
+
+
+def test_persistent_corruption_fails_that_image_only(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    images = exported(emulator)
+    bad = images[0]
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    emulator.faults(corrupt_offset=1000, corrupt_times=-1, key=bad["Key"])
+    result = imagesync("sync", "-c", config)
+    assert result.returncode == 1
+    assert bad["ImageId"] in result.stderr and "CRC-64" in result.stderr
+    assert "Traceback" not in result.stderr
+    good = [e["ImageId"] for e in images[1:]]
+    assert_mirror_matches(emulator, mirror, good)
+    assert not (mirror / f"{bad['ImageId']}.qcow2").exists()
+
+
+def test_changed_source_is_replaced_only_after_it_verifies(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    from imagesync.emulator import catalog
+
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    assert imagesync("sync", "-c", config).returncode == 0
+    target = exported(emulator)[0]
+    image_id = target["ImageId"]
+    old_bytes = (mirror / f"{image_id}.qcow2").read_bytes()
+    old_entry = next(e for e in manifest_of(mirror)["images"] if e["image_id"] == image_id)
+    catalog.rewrite_object(emulator.root, image_id, seed="re-exported")
+
+    # A replacement that cannot verify leaves the old copy and its manifest entry alone.
+    emulator.faults(corrupt_offset=10, corrupt_times=-1, key=target["Key"])
+    failed = imagesync("sync", "-c", config, "--json")
+    assert failed.returncode == 1
+    assert (mirror / f"{image_id}.qcow2").read_bytes() == old_bytes
+    assert next(e for e in manifest_of(mirror)["images"] if e["image_id"] == image_id) == old_entry
+
+    emulator.reset()
+    replaced = imagesync("sync", "-c", config, "--json")
+    assert replaced.returncode == 0, replaced.stderr
+    actions = {i["image_id"]: i["action"] for i in summary(replaced)["images"]}
+    assert actions[image_id] == "replace"
+    assert (mirror / f"{image_id}.qcow2").read_bytes() == emulator.object_path(image_id).read_bytes()
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])
+
+
+def test_disallowed_host_fails_before_any_connection(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, source={"allow_hosts": ["localhost"]})
+    result = imagesync("sync", "-c", config)
+    assert result.returncode == 1
+    assert "refusing to download" in result.stderr
+    assert emulator.stats()["oss_requests"] == 0
+
+
+def test_hostile_names_stay_inside(start_emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    from imagesync.emulator import catalog
+
+    emulator = start_emulator(images=1, image_size="64KiB")
+    hostile = ["../../etc/x", "a/b", "nul\x00byte", "x" * 300, "..", "manifest.json", "a\\b"]
+    for number, name in enumerate(hostile):
+        catalog.add_image(emulator.root, image_id=f"m-hostile{number}", name=name, size=4096)
+    config = write_config(emulator, tmp_path / "sync.toml", mirror,
+                          destination={"path_template": "{image_name}.qcow2"})
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    ours = {"sync.toml", "emulator.stderr"}
+    outside = [p for p in written if mirror not in p.parents and p.name not in ours
+               and (tmp_path / "emulator") not in p.parents]
+    assert outside == []
+    paths = [entry["path"] for entry in manifest_of(mirror)["images"]]
+    assert len(paths) == len(set(paths)) == len(hostile) + 1
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])
+
+
+def test_second_run_waits_for_the_lock(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    import fcntl
+
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    mirror.mkdir()
+    with open(mirror / ".imagesync.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = imagesync("sync", "-c", config)
+    assert result.returncode == 75
+    assert "another imagesync run" in one_sentence(result)
+
+
+def partial_bytes(mirror: Path) -> int:
+    return sum(p.stat().st_size for p in mirror.rglob("*.imagesync-part")) if mirror.exists() else 0
+
+
+def test_sigkill_at_half_then_resume(start_emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    emulator = start_emulator(images=2, image_size="24MiB")
+    total = sum(emulator.object_path(e["ImageId"]).stat().st_size for e in exported(emulator))
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    emulator.faults(bandwidth_bps=12 << 20)
+    process = subprocess.Popen([sys.executable, "-m", "imagesync", "sync", "-c", str(config)],
+                               env=CLEAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while partial_bytes(mirror) < total // 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    on_disk = partial_bytes(mirror)
+    assert total * 0.4 < on_disk < total, (on_disk, total)
+
+    emulator.reset()
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["bytes_transferred"] <= 0.55 * total
+    assert emulator.stats()["body_bytes_sent"] <= 0.55 * total
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])
+
+
+def test_sigterm_exits_143_and_keeps_partials(start_emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    emulator = start_emulator(images=1, image_size="16MiB")
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    emulator.faults(bandwidth_bps=4 << 20)
+    process = subprocess.Popen([sys.executable, "-m", "imagesync", "sync", "-c", str(config)],
+                               env=CLEAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while partial_bytes(mirror) < 2 << 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    assert partial_bytes(mirror) > 0
