@@ -62,7 +62,8 @@ def locate(url: str, config: SourceConfig) -> ObjectLocation:
     allowed = {h.lower() for h in config.allow_hosts}
     public_url = parts._replace(query="", fragment="").geturl()
     on_oss = host.endswith(OSS_DOMAIN) and parts.scheme == "https"
-    if parts.username or parts.password or not (on_oss or (host in allowed and parts.scheme in ("http", "https"))):
+    listed = host in allowed and parts.scheme in ("http", "https")
+    if parts.username or parts.password or not (on_oss or listed):
         raise UnsafeSourceError(
             f"refusing to download {public_url}: only https URLs on OSS hosts (*{OSS_DOMAIN}) "
             "or hosts listed in source.allow_hosts are allowed"
@@ -132,7 +133,8 @@ class ObjectSource:
         if cached and cached[1] > time.monotonic():
             return cached[0]
         headers = {"x-oss-range-behavior": "standard"} if method == "GET" else None
-        url = self._bucket.sign_url(method, self.location.key, self._expires_s, headers=headers, slash_safe=True)
+        url = self._bucket.sign_url(method, self.location.key, self._expires_s, headers=headers,
+                                    slash_safe=True)
         self._signed[method] = (url, time.monotonic() + self._expires_s - RESIGN_MARGIN_S)
         return str(url)
 
@@ -153,7 +155,8 @@ class ObjectSource:
         A ranged GET must come back 206 with exactly the Content-Range asked for: legacy OSS
         answers a bad range with 200 and the whole object, which must never be appended.
         """
-        headers = {"Accept-Encoding": "identity", "If-Match": expected.etag, "x-oss-range-behavior": "standard"}
+        headers = {"Accept-Encoding": "identity", "If-Match": expected.etag,
+                   "x-oss-range-behavior": "standard"}
         if start:
             headers["Range"] = f"bytes={start}-"
         url = self.location.public_url
@@ -183,7 +186,8 @@ def _check_body_response(response: httpx.Response, start: int, expected: ObjectI
     want_status = 206 if start else 200
     if response.status_code != want_status:
         if response.status_code in (200, 206):
-            raise TransientError(f"GET {url} answered {response.status_code} where {want_status} was asked for")
+            raise TransientError(
+                f"GET {url} answered {response.status_code} where {want_status} was asked for")
         raise _status_error("GET", url, response)
     if start:
         want_range = f"bytes {start}-{expected.size - 1}/{expected.size}"
@@ -199,7 +203,8 @@ def _check_body_response(response: httpx.Response, start: int, expected: ObjectI
 
 def _object_info(response: httpx.Response, url: str) -> ObjectInfo:
     headers = response.headers
-    etag, length, crc = headers.get("etag"), headers.get("content-length", ""), headers.get("x-oss-hash-crc64ecma")
+    etag, crc = headers.get("etag"), headers.get("x-oss-hash-crc64ecma")
+    length = headers.get("content-length", "")
     if not etag or not length.isdigit() or (crc is not None and not crc.isdigit()):
         raise TransferError(f"HEAD {url} answered without a usable ETag, Content-Length or CRC-64")
     return ObjectInfo(
@@ -250,4 +255,5 @@ def _oss2_bucket(location: ObjectLocation, credentials: Credentials) -> oss2.Buc
     provider = oss2.credentials.StaticCredentialsProvider(
         credentials.access_key_id, credentials.access_key_secret, credentials.security_token or ""
     )
-    return oss2.Bucket(oss2.ProviderAuthV4(provider), location.endpoint, location.bucket, region=location.region)
+    auth = oss2.ProviderAuthV4(provider)
+    return oss2.Bucket(auth, location.endpoint, location.bucket, region=location.region)

@@ -127,7 +127,8 @@ def _planned_failures(plan: Plan) -> list[Outcome]:
 async def _transfer_all(config: Config, options: RunOptions, sink: LocalSink, manifest: Manifest,
                         plan: Plan) -> list[Outcome]:
     writer = await trio.to_thread.run_sync(ManifestWriter, manifest, sink.root)
-    relisted = [i.image.image_id for i in plan.items if (e := manifest.get(i.image.image_id)) and e.missing_since]
+    relisted = [image_id for image_id in (i.image.image_id for i in plan.items)
+                if (entry := manifest.get(image_id)) and entry.missing_since]
     await trio.to_thread.run_sync(writer.mark_missing, [e.image_id for e in plan.missing], _utc_now())
     await trio.to_thread.run_sync(writer.mark_present, relisted)
     progress = make_progress(options.progress, plan.bytes_to_transfer, options.quiet)

@@ -123,7 +123,8 @@ class ImageCopy:
                 await self._flush(batch)
         if self._digest.size != self._info.size:
             raise TransientError(
-                f"{self._source.location.public_url} ended after {self._digest.size} of {self._info.size} bytes"
+                f"{self._source.location.public_url} ended after {self._digest.size} "
+                f"of {self._info.size} bytes"
             )
 
     async def _flush(self, batch: bytearray) -> None:

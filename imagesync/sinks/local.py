@@ -130,7 +130,7 @@ class PartialFile:
         try:
             os.fsync(self._fd)
             self.close()
-            os.replace(self.part, self.final)
+            self.part.replace(self.final)
             _fsync_directory(self.final.parent)
             self.state_path.unlink(missing_ok=True)
         except OSError as error:
@@ -153,7 +153,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-    os.replace(temporary, path)
+    temporary.replace(path)
 
 
 def _fsync_directory(directory: Path) -> None:
