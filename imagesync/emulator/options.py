@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .objects import is_valid_bucket
+
 DEFAULT_PORT = 8790
 DEFAULT_SIZES = "16MiB,32MiB,48MiB"
 
@@ -158,6 +160,8 @@ class Options:
             raise ValueError(f"--port {args.port} is not a TCP port (0-65535)")
         if args.images < 0 or args.latency_ms < 0:
             raise ValueError("--images and --latency-ms must not be negative")
+        if not is_valid_bucket(args.bucket):
+            raise ValueError(f"--bucket {args.bucket!r} is not a valid OSS bucket name")
         return cls(
             root=Path(args.root),
             port=args.port,

@@ -78,42 +78,58 @@ def build_emulator(options: Options, port: int) -> Emulator:
     )
 
 
+def _config_text(options: Options, url: str) -> str:
+    return render_toml(
+        client_config(
+            url=url,
+            access_key_id=options.access_key_id,
+            access_key_secret=options.access_key_secret,
+            region=options.region,
+            public_read=options.public_read,
+            destination=options.destination,
+        )
+    )
+
+
+def _serve(server: EmulatorHTTPServer, banner: str) -> None:
+    """Print the banner and serve until SIGINT/SIGTERM."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(banner, end="", flush=True)
+        server.serve_forever(poll_interval=0.5)
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     """``imagesync emulator``: serve until SIGINT/SIGTERM, then exit 0."""
     try:
         options = Options.from_args(args)
-        prepare_root(options)
-        server = EmulatorHTTPServer((HOST, options.port), Handler)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         _error(str(exc))
-        return 2 if isinstance(exc, ValueError) else 1
+        return 2
+    try:
+        prepare_root(options)
+    except OSError as exc:
+        _error(f"cannot prepare {options.root}: {exc}")
+        return 1
+    try:
+        server = EmulatorHTTPServer((HOST, options.port), Handler)
+    except OSError as exc:
+        _error(f"cannot listen on {HOST}:{options.port}: {exc.strerror or exc}")
+        return 1
     with server:
-        port = server.server_address[1]
-        server.emulator = build_emulator(options, port)
+        server.emulator = build_emulator(options, server.server_address[1])
         server.verbose = options.verbose
-        config = render_toml(
-            client_config(
-                url=server.emulator.base_url,
-                access_key_id=options.access_key_id,
-                access_key_secret=options.access_key_secret,
-                region=options.region,
-                public_read=options.public_read,
-                destination=options.destination,
-            )
-        )
-        try:
-            if options.config_out is not None:
+        config = _config_text(options, server.emulator.base_url)
+        if options.config_out is not None:
+            try:
                 write_config_file(options.config_out, config)
-        except OSError as exc:
-            _error(f"cannot write {options.config_out}: {exc}")
-            return 1
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            print(f"imagesync emulator listening on {server.emulator.base_url}\n\n{config}", end="", flush=True)
-            server.serve_forever(poll_interval=0.5)
-        except (_Stop, KeyboardInterrupt):
-            pass
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            except OSError as exc:
+                _error(f"cannot write {options.config_out}: {exc}")
+                return 1
+        _serve(server, f"imagesync emulator listening on {server.emulator.base_url}\n\n{config}")
     return 0
