@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def test_prints_a_ready_config_and_stops_quietly(tmp_path: Path, sig: signal.Sig
     }
     assert tomllib.loads(out.read_text()) == config
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_stops_promptly_with_busy_and_idle_connections(tmp_path: Path) -> None:
+    process = start("--root", str(tmp_path), "--images", "1", "--image-size", "4MiB",
+                    "--public-read", "--bandwidth", "64KiB")
+    first, _ = read_config(process)
+    port = int(first.strip().rsplit(":", 1)[1])
+    key = catalog.load_entries(tmp_path)[0]["Key"]
+    idle, busy = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+    with idle, busy:
+        idle.sendall(b"GET /_emulator/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(1000).startswith(b"HTTP/1.1 200")  # and the connection stays open
+        busy.sendall(f"GET /ens-exports/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert busy.recv(1000).startswith(b"HTTP/1.1 200")  # a slow body is on its way
+        started = time.monotonic()
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0 and "Traceback" not in stderr
+    assert time.monotonic() - started < 3
 
 
 def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:

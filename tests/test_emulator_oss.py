@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -11,6 +13,7 @@ import oss2
 import pytest
 from conftest import EmulatorHandle, StartEmulator
 from fastcrc import crc64
+from test_emulator_ens import acs3_request
 
 from imagesync import signing
 
@@ -211,3 +214,38 @@ def test_rewritten_object_changes_etag_and_crc(public: EmulatorHandle) -> None:
     public.object_path(image_id).write_bytes(b"short")
     assert get(public).content == b"short"
     assert get(public, method="HEAD").headers["x-oss-hash-crc64ecma"] == str(crc64.xz(b"short"))
+
+
+def test_awkward_keys_round_trip(emulator: EmulatorHandle) -> None:
+    key = "exports/2024 q1/m-ü+%20&x=1.qcow2"
+    entry = emulator.add_image(image_id="m-awkward", key=key, content=b"awkward bytes")
+    assert entry["Key"] == key
+    assert bucket(emulator).get_object(key).read() == b"awkward bytes"
+    url = bucket(emulator).sign_url("GET", key, 60)
+    assert httpx.get(url, trust_env=False).content == b"awkward bytes"
+    listed = acs3_request(emulator, {"ImageId": "m-awkward"}).json()["Images"]["Image"][0]
+    assert httpx.URL(listed["ExportedImageURL"]).path == f"/{emulator.bucket}/{key}"
+
+
+def test_parallel_ranged_reads_stay_exact(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(images=2, image_size="3MiB", extra_args=["--public-read"])
+    blobs = {e["Key"]: emulator.object_path(e["ImageId"]).read_bytes() for e in emulator.exported()}
+    emulator.faults(drop_after_bytes=1000, drop_times=-1, key=sorted(blobs)[1])
+
+    def worker(seed: int) -> int:
+        rng = random.Random(seed)
+        checked = 0
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            for _ in range(12):
+                key = sorted(blobs)[0]
+                start = rng.randrange(len(blobs[key]))
+                end = min(len(blobs[key]) - 1, start + rng.randrange(1 << 20))
+                response = client.get(f"{emulator.url}/{emulator.bucket}/{key}",
+                                      headers={"Range": f"bytes={start}-{end}"})
+                assert response.status_code == 206 and response.content == blobs[key][start : end + 1]
+                checked += 1
+        return checked
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(worker, range(8))) == 96
+    assert emulator.stats()["object_gets"] == 96

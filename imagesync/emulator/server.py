@@ -27,6 +27,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     """The listening socket; ``emulator`` is attached once the port is known."""
 
     daemon_threads = True
+    block_on_close = False  # else server_close() joins every keep-alive connection's thread
     request_queue_size = 128
     emulator: Emulator
     verbose: bool = False
