@@ -252,24 +252,30 @@ def test_unsigned_or_tampered_headers_are_refused(emulator: EmulatorHandle) -> N
 # --- the official SDK -----------------------------------------------------------------------
 
 
-def sdk_client(emulator: EmulatorHandle, secret: str) -> Any:
+def sdk_client(emulator: EmulatorHandle, secret: str, algorithm: str | None) -> Any:
     from alibabacloud_ens20171110.client import Client
     from alibabacloud_tea_openapi.models import Config
 
     config = Config(
         access_key_id=emulator.access_key_id, access_key_secret=secret,
-        endpoint=f"127.0.0.1:{emulator.port}", protocol="http",
+        endpoint=f"127.0.0.1:{emulator.port}", protocol="http", signature_algorithm=algorithm,
     )
     return Client(config)
 
 
-def test_official_sdk_lists_and_is_refused_with_a_wrong_secret(emulator: EmulatorHandle) -> None:
+@pytest.mark.parametrize("algorithm", [None, "v2"])  # ACS3 (the default), RPC HMAC-SHA1
+def test_official_sdk_lists_and_is_refused_with_a_wrong_secret(
+    emulator: EmulatorHandle, algorithm: str | None
+) -> None:
     from alibabacloud_ens20171110 import models
 
     request = models.DescribeExportImageInfoRequest(page_size=2, page_number=2)
-    body = sdk_client(emulator, emulator.access_key_secret).describe_export_image_info(request).body
+    client = sdk_client(emulator, emulator.access_key_secret, algorithm)
+    body = client.describe_export_image_info(request).body
     assert (body.total_count, body.page_number, body.page_size) == (6, 2, 2)
     assert [i.image_id for i in body.images.image] == [e["ImageId"] for e in emulator.catalog()[2:4]]
+    named = models.DescribeExportImageInfoRequest(image_name=emulator.catalog()[0]["ImageName"])
+    assert client.describe_export_image_info(named).body.total_count == 1
     with pytest.raises(TeaException) as caught:
-        sdk_client(emulator, "wrong").describe_export_image_info(request)
+        sdk_client(emulator, "wrong", algorithm).describe_export_image_info(request)
     assert caught.value.code == "SignatureDoesNotMatch"

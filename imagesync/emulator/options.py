@@ -69,7 +69,13 @@ def _sizes_arg(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``imagesync emulator`` (also used by ``python -m imagesync.emulator``)."""
-    data = parser.add_argument_group("data")
+    _data_options(parser.add_argument_group("data"))
+    _service_options(parser.add_argument_group("service"))
+    _output_options(parser.add_argument_group("printed config"))
+    _fault_options(parser.add_argument_group("faults at startup (more over HTTP: POST /_emulator/faults)"))
+
+
+def _data_options(data: argparse._ArgumentGroup) -> None:
     data.add_argument(
         "--root", type=Path, default=Path("emulator-data"), metavar="DIR",
         help="directory holding catalog.json and buckets/<bucket>/<key> (default: %(default)s)",
@@ -89,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucket", default="ens-exports",
         help="bucket that generated images go to (default: %(default)s)",
     )
-    net = parser.add_argument_group("service")
+
+
+def _service_options(net: argparse._ArgumentGroup) -> None:
     net.add_argument(
         "--port", type=int, default=DEFAULT_PORT,
         help="TCP port on 127.0.0.1; 0 picks a free one (default: %(default)s)",
@@ -113,7 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument(
         "-v", "--verbose", action="store_true", help="log every request on stderr",
     )
-    out = parser.add_argument_group("printed config")
+
+
+def _output_options(out: argparse._ArgumentGroup) -> None:
     out.add_argument(
         "--config-out", type=Path, metavar="FILE",
         help="also write the ready-to-use imagesync config to FILE (mode 0600)",
@@ -122,9 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--destination", default="./mirror", metavar="DIR",
         help="destination url written into the printed config (default: %(default)s)",
     )
-    faults = parser.add_argument_group(
-        "faults at startup (more over HTTP: POST /_emulator/faults)"
-    )
+
+
+def _fault_options(faults: argparse._ArgumentGroup) -> None:
     faults.add_argument(
         "--latency-ms", type=int, default=0, metavar="MS",
         help="delay before every ENS and OSS response",
