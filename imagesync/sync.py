@@ -8,6 +8,7 @@ the nursery and partial files stay for the next run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -23,7 +24,15 @@ import trio
 from .config import Config
 from .credentials import Credentials
 from .ens import ExportedImage, open_ens_client
-from .errors import EXIT_IMAGE_FAILED, EXIT_OK, EXIT_SIGTERM, ConfigError, Interrupted, TransferError
+from .errors import (
+    EXIT_IMAGE_FAILED,
+    EXIT_OK,
+    EXIT_SIGTERM,
+    ConfigError,
+    DestinationError,
+    Interrupted,
+    TransferError,
+)
 from .manifest import Manifest, ManifestEntry, ManifestWriter
 from .plan import Action, Plan, PlannedImage, make_plan, select
 from .progress import Progress, format_bytes, make_progress
@@ -147,10 +156,15 @@ async def _transfer_all(config: Config, options: RunOptions, sink: LocalSink, ma
                     nursery.start_soon(workers.run, jobs_receive.clone(), results_send.clone())
             await _report(results_receive, writer, progress, outcomes)
             nursery.cancel_scope.cancel()  # only the signal watcher is left
+    except BaseException:
+        # Every record is already in the fsynced journal; compacting now is a courtesy that
+        # must not hide why the run stopped (often the same full disk).
+        with trio.CancelScope(shield=True), contextlib.suppress(DestinationError):
+            await trio.to_thread.run_sync(writer.close)
+        raise
     finally:
         progress.close()
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(writer.close)
+    await trio.to_thread.run_sync(writer.close)
     return outcomes
 
 
