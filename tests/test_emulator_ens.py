@@ -247,6 +247,9 @@ def test_unsigned_or_tampered_headers_are_refused(emulator: EmulatorHandle) -> N
     )
     assert error_code(tampered, 400) == "SignatureDoesNotMatch"
     assert hashlib.sha256(body).hexdigest() in tampered.json()["Message"]
+    partial = authorization.replace(";x-acs-version", "")
+    unsigned = httpx.post(f"{emulator.url}/", headers={**headers, "Authorization": partial}, trust_env=False)
+    assert error_code(unsigned, 400) == "IncompleteSignature"
 
 
 # --- the official SDK -----------------------------------------------------------------------
