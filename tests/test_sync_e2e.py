@@ -271,3 +271,41 @@ def test_disk_full_stops_the_run_and_keeps_partials(start_emulator: Any, tmp_pat
     if manifest.exists():  # whatever it lists must be complete and verified
         for entry in manifest_of(mirror)["images"]:
             assert (mirror / entry["path"]).read_bytes() == emulator.object_path(entry["image_id"]).read_bytes()
+
+
+def test_image_gone_from_the_account_stays_marked(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    from imagesync.emulator import catalog
+
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    assert imagesync("sync", "-c", config).returncode == 0
+    gone = exported(emulator)[0]["ImageId"]
+    kept_bytes = (mirror / f"{gone}.qcow2").read_bytes()
+    catalog.remove_image(emulator.root, gone, delete_object=True)
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["no_longer_listed"] == [gone]
+    entries = {e["image_id"]: e for e in manifest_of(mirror)["images"]}
+    assert entries[gone]["missing_since"]
+    assert all("missing_since" not in e or e["missing_since"] is None for i, e in entries.items() if i != gone)
+    assert (mirror / f"{gone}.qcow2").read_bytes() == kept_bytes
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=mirror, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+
+
+def test_progress_bars_when_asked(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    result = imagesync("sync", "-c", config, "--progress", "always")
+    assert result.returncode == 0, result.stderr
+    assert "total" in result.stderr and "B/s" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_the_asked_image(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    wanted = exported(emulator)[1]["ImageId"]
+    result = imagesync("sync", "-c", config, "--image-id", wanted, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [e["image_id"] for e in manifest_of(mirror)["images"]] == [wanted]
+    assert summary(result)["no_longer_listed"] == []
+    unknown = imagesync("sync", "-c", config, "--image-id", "m-nosuchimage", "--json")
+    assert unknown.returncode == 1
+    assert summary(unknown)["unknown_image_ids"] == ["m-nosuchimage"]
