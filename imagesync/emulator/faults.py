@@ -120,6 +120,7 @@ class Faults:
         self._state = dataclasses.replace(self._baseline)
         self._counters = _Counters()
         self._malformed_served = 0
+        self._epoch = 0
 
     # --- control ---
 
@@ -143,6 +144,7 @@ class Faults:
             self._state = dataclasses.replace(self._baseline)
             self._counters = _Counters()
             self._malformed_served = 0
+            self._epoch += 1
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -154,11 +156,18 @@ class Faults:
         with self._lock:
             setattr(self._counters, name, getattr(self._counters, name) + 1)
 
-    def add_bytes(self, key: str, sent: int) -> None:
+    def add_bytes(self, key: str, sent: int, epoch: int | None = None) -> int:
+        """Count body bytes (before they are written, so stats never lag a client).
+
+        Returns the statistics epoch; a later correction (negative ``sent`` for bytes that
+        could not be written) passes it back and is dropped if a reset came in between.
+        """
         with self._lock:
-            self._counters.body_bytes_sent += sent
-            by_key = self._counters.bytes_by_key
-            by_key[key] = by_key.get(key, 0) + sent
+            if epoch is None or epoch == self._epoch:
+                self._counters.body_bytes_sent += sent
+                by_key = self._counters.bytes_by_key
+                by_key[key] = by_key.get(key, 0) + sent
+            return self._epoch
 
     def _injected(self, kind: str) -> None:
         injected = self._counters.faults_injected

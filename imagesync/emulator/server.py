@@ -146,14 +146,15 @@ class Handler(BaseHTTPRequestHandler):
         if body.faults.alters_body:
             sent = self._send_chunks(body)
         else:
-            faults.add_bytes(body.key, body.length)  # counted first: stats never lag the client
+            epoch = faults.add_bytes(body.key, body.length)
             body.file.seek(body.start)  # sendfile leaves the position after the last byte sent
             try:
                 sent = self.connection.sendfile(body.file, body.start, body.length) if body.length else 0
             except OSError:
-                faults.add_bytes(body.key, body.file.tell() - body.start - body.length)
+                faults.add_bytes(body.key, body.file.tell() - body.start - body.length, epoch)
                 raise
-            faults.add_bytes(body.key, sent - body.length)
+            if sent < body.length:
+                faults.add_bytes(body.key, sent - body.length, epoch)
         if sent < body.length:  # dropped on purpose, or the file shrank under us
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -176,11 +177,11 @@ class Handler(BaseHTTPRequestHandler):
                 flipped = bytearray(data)
                 flipped[corrupt - sent] ^= 0xFF
                 data = bytes(flipped)
-            stats.add_bytes(body.key, len(data))
+            epoch = stats.add_bytes(body.key, len(data))
             try:
                 self.wfile.write(data)
             except OSError:
-                stats.add_bytes(body.key, -len(data))
+                stats.add_bytes(body.key, -len(data), epoch)
                 raise
             sent += len(data)
             if rate > 0:
