@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -17,9 +18,10 @@ from . import __version__, emulator
 from .config import DEFAULT_CONFIG_PATH, Config, load_config, with_overrides
 from .credentials import resolve_credentials
 from .ens import ExportedImage, open_ens_client
-from .errors import EXIT_SIGINT, ImagesyncError, Interrupted
+from .errors import EXIT_IMAGE_FAILED, EXIT_SIGINT, ImagesyncError, Interrupted
 from .summary import plan_json, plan_lines, printable, summary_json, summary_lines
 from .sync import RunOptions, run_sync
+from .verify import verify_mirror
 
 log = logging.getLogger("imagesync")
 
@@ -59,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     syncing.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                          help="progress bars: auto (when stderr is a terminal), always or never")
     syncing.set_defaults(handler=_sync_command)
+
+    verifying = commands.add_parser(
+        "verify", help="re-hash the mirror against the manifest",
+        description="Re-hash every file the manifest lists (size, CRC-64, sha256); reads only.",
+    )
+    _add_common(verifying)
+    verifying.set_defaults(handler=_verify_command)
 
     listing = commands.add_parser(
         "list", help="list every image the API reports, in any status",
@@ -131,6 +140,23 @@ def _sync_command(args: argparse.Namespace) -> int:
     elif not (args.quiet and result.exit_code == 0):
         print("\n".join(lines), file=sys.stderr)
     return result.exit_code
+
+
+# --- verify ---------------------------------------------------------------------------
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    config = _load(args)
+    root = Path(config.destination.url).expanduser()
+    verdicts = trio.run(verify_mirror, root, config.transfer.concurrency)
+    bad = [v for v in verdicts if v.result != "ok"]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2))
+    for verdict in bad:
+        log.error("%s %s: %s", verdict.result, verdict.image_id, verdict.reason)
+    if not args.quiet or bad:
+        print(f"{len(verdicts) - len(bad)} of {len(verdicts)} mirrored images verified", file=sys.stderr)
+    return EXIT_IMAGE_FAILED if bad else 0
 
 
 # --- list -----------------------------------------------------------------------------

@@ -309,3 +309,24 @@ def test_only_the_asked_image(emulator: Any, tmp_path: Path, mirror: Path) -> No
     unknown = imagesync("sync", "-c", config, "--image-id", "m-nosuchimage", "--json")
     assert unknown.returncode == 1
     assert summary(unknown)["unknown_image_ids"] == ["m-nosuchimage"]
+
+
+def test_verify_finds_rot_and_loss(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    assert imagesync("sync", "-c", config).returncode == 0
+    clean = imagesync("verify", "-c", config, "--json")
+    assert clean.returncode == 0, clean.stderr
+    assert {v["result"] for v in json.loads(clean.stdout)} == {"ok"}
+
+    first, second = sorted(mirror.glob("*.qcow2"))[:2]
+    with open(first, "r+b") as file:  # one flipped byte in the middle: bit rot
+        file.seek(first.stat().st_size // 2)
+        byte = file.read(1)
+        file.seek(-1, 1)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    second.unlink()
+    rotten = imagesync("verify", "-c", config, "--json")
+    assert rotten.returncode == 1
+    results = {v["path"]: v["result"] for v in json.loads(rotten.stdout)}
+    assert results[first.name] == "corrupt" and results[second.name] == "missing"
+    assert list(results.values()).count("ok") == len(results) - 2
