@@ -59,7 +59,7 @@ def test_secret_query_never_reaches_the_message() -> None:
 
 
 def test_unknown_region_needs_config() -> None:
-    with pytest.raises(ConfigError, match="set source.region"):
+    with pytest.raises(ConfigError, match=r"set source\.region"):
         locate("http://127.0.0.1/b/m.qcow2", SourceConfig(allow_hosts=("127.0.0.1",)))
     unsigned = locate("http://127.0.0.1/b/m.qcow2", SourceConfig(allow_hosts=("127.0.0.1",), sign=False))
     assert unsigned.region == ""
