@@ -33,10 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ImagesyncError, BaseExceptionGroup, KeyboardInterrupt) as raised:
+    except (Exception, KeyboardInterrupt, BaseExceptionGroup) as raised:
         error = _first_imagesync_error(raised)
-        log.error("%s", error)
-        return error.exit_code
+        if error is None:  # a bug: one line for cron, the traceback with -v
+            if getattr(args, "verbose", False):
+                raise
+            log.error("internal error (%r); please report it, and run with -v for the details", raised)
+            return EXIT_IMAGE_FAILED
+    log.error("%s", error)
+    return error.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +106,8 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
-def _first_imagesync_error(raised: BaseException) -> ImagesyncError:
-    """The error to report from a (possibly grouped) failure; anything else is re-raised."""
+def _first_imagesync_error(raised: BaseException) -> ImagesyncError | None:
+    """The error to report from a (possibly grouped) failure; None when it is not ours."""
     if isinstance(raised, ImagesyncError):
         return raised
     if isinstance(raised, KeyboardInterrupt) or (
@@ -116,7 +121,7 @@ def _first_imagesync_error(raised: BaseException) -> ImagesyncError:
             while isinstance(leaf, BaseExceptionGroup):
                 leaf = leaf.exceptions[0]
             return leaf  # type: ignore[return-value]
-    raise raised
+    return None
 
 
 def _load(args: argparse.Namespace) -> Config:

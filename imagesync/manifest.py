@@ -11,11 +11,9 @@ owner runs them in a worker thread. No locks: a single owner calls the writer.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,7 +23,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import DestinationError, DiskFullError
+from .durable import destination_error, fsync_directory, replace_file, write_all
+from .errors import DestinationError
 
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
@@ -235,19 +234,19 @@ class ManifestWriter:
         """Rewrite manifest.json and SHA256SUMS atomically, then empty the journal."""
         self._check_open()
         entries = list(self._entries.values())
-        _replace_file(self._root, MANIFEST_NAME,
-                      render_manifest(entries, format_time(datetime.now(UTC))))
-        _replace_file(self._root, SUMS_NAME, render_sha256sums(entries))
+        replace_file(self._root / MANIFEST_NAME,
+                     render_manifest(entries, format_time(datetime.now(UTC))))
+        replace_file(self._root / SUMS_NAME, render_sha256sums(entries))
         try:
-            _fsync_folder(self._root)  # both renames are durable before the journal goes
+            fsync_directory(self._root)  # both renames are durable before the journal goes
             if self._fd is None:
                 self._journal.unlink(missing_ok=True)
-                _fsync_folder(self._root)
+                fsync_directory(self._root)
             else:
                 os.ftruncate(self._fd, 0)
                 os.fsync(self._fd)
         except OSError as error:
-            raise _destination_error(f"cannot empty {self._journal}", error) from None
+            raise destination_error(f"cannot empty {self._journal}", error) from None
         self._journal_size = 0
         self._dirty = False
         self._last_compaction = self._clock()
@@ -262,7 +261,7 @@ class ManifestWriter:
                 self.compact()
             self._journal.unlink(missing_ok=True)
         except OSError as error:
-            raise _destination_error(f"cannot remove {self._journal}", error) from None
+            raise destination_error(f"cannot remove {self._journal}", error) from None
         finally:
             self._closed = True
             if self._fd is not None:
@@ -295,14 +294,14 @@ class ManifestWriter:
                 self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 self._journal_size = os.fstat(self._fd).st_size
                 if created:
-                    _fsync_folder(self._root)
-            _write_all(self._fd, line)
+                    fsync_directory(self._root)
+            write_all(self._fd, line)
             os.fsync(self._fd)
         except OSError as error:
             if self._fd is not None:  # cut a half-written line, so the next one stays whole
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, self._journal_size)
-            raise _destination_error(f"cannot append to {self._journal}", error) from None
+            raise destination_error(f"cannot append to {self._journal}", error) from None
         self._journal_size += len(line)
         self._dirty = True
 
@@ -313,7 +312,7 @@ def _read_optional(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise _destination_error(f"cannot read {path}", error) from None
+        raise destination_error(f"cannot read {path}", error) from None
 
 
 def _parse_document(raw: bytes, path: Path) -> tuple[str | None, dict[str, ManifestEntry]]:
@@ -377,47 +376,9 @@ def _set_missing(entries: dict[str, ManifestEntry], ids: Iterable[str], since: s
             entries[image_id] = replace(entry, missing_since=since)
 
 
-def _replace_file(root: Path, name: str, data: bytes) -> None:
-    # A leading dot: no image path can start with one, so this can never clobber an image.
-    temporary = root / f".{name}.tmp-{secrets.token_hex(8)}"
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        temporary.replace(root / name)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise _destination_error(f"cannot write {root / name}", error) from None
-
-
 def _remove_temporaries(root: Path) -> None:
     """Temporary files a crash left behind during a compaction."""
     with contextlib.suppress(OSError):
         for path in root.iterdir():
             if path.name.startswith((f".{MANIFEST_NAME}.tmp-", f".{SUMS_NAME}.tmp-")):
                 path.unlink(missing_ok=True)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_folder(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _destination_error(what: str, error: OSError) -> DestinationError:
-    reason = error.strerror or str(error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{what}: {reason}; free some space and run again")
-    return DestinationError(f"{what}: {reason}")

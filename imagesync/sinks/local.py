@@ -10,7 +10,6 @@ callers run them in a worker thread.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -20,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from ..checksum import Buffer
-from ..errors import DestinationError, DiskFullError, LockedError
+from ..durable import destination_error, fsync_directory, replace_file, write_all
+from ..errors import DestinationError, LockedError
 from ..layout import PARTIAL_SUFFIX, STATE_SUFFIX, resolve_inside
 
 LOCK_NAME = ".imagesync.lock"
@@ -107,22 +107,20 @@ class PartialFile:
         self.close()
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.state_path, json.dumps(asdict(state)).encode())
+            replace_file(self.state_path, json.dumps(asdict(state)).encode())
             fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
             os.ftruncate(fd, keep_bytes)
             os.lseek(fd, keep_bytes, os.SEEK_SET)
         except OSError as error:
-            raise _destination_error(error, self.part) from None
+            raise destination_error(f"cannot write {self.part}", error) from None
         self._fd = fd
 
     def write(self, data: Buffer) -> None:
         assert self._fd is not None, "begin() first"
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
+            write_all(self._fd, data)
         except OSError as error:
-            raise _destination_error(error, self.part) from None
+            raise destination_error(f"cannot write {self.part}", error) from None
 
     def commit(self) -> None:
         """fsync, then rename over the final name (replacing an old copy only now), then forget the state."""
@@ -131,10 +129,10 @@ class PartialFile:
             os.fsync(self._fd)
             self.close()
             self.part.replace(self.final)
-            _fsync_directory(self.final.parent)
+            fsync_directory(self.final.parent)
             self.state_path.unlink(missing_ok=True)
         except OSError as error:
-            raise _destination_error(error, self.final) from None
+            raise destination_error(f"cannot write {self.final}", error) from None
 
     def discard(self) -> None:
         self.close()
@@ -145,29 +143,3 @@ class PartialFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    temporary.replace(path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _destination_error(error: OSError, path: Path) -> DestinationError:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(
-            f"the destination is full while writing {path}; partial files are kept for resume, "
-            "free some space and run again"
-        )
-    return DestinationError(f"cannot write {path}: {error.strerror}")
