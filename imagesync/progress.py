@@ -53,17 +53,22 @@ class BarProgress:
         self._total = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                            desc="total", position=0, dynamic_ncols=True, file=sys.stderr)
         self._bars: dict[str, tqdm] = {}
+        self._lines: dict[str, int] = {}
 
     def start(self, image_id: str, name: str, size: int, already: int) -> None:
+        taken = set(self._lines.values())
+        line = next(n for n in range(1, len(taken) + 2) if n not in taken)  # reuse freed lines
+        self._lines[image_id] = line
         self._bars[image_id] = tqdm(total=size, initial=already, unit="B", unit_scale=True,
                                     unit_divisor=1024, desc=image_id, leave=False,
-                                    position=len(self._bars) + 1, dynamic_ncols=True, file=sys.stderr)
+                                    position=line, dynamic_ncols=True, file=sys.stderr)
 
     def advance(self, image_id: str, count: int) -> None:
         self._total.update(count)
         self._bars[image_id].update(count)
 
     def finish(self, image_id: str, line: str, ok: bool) -> None:
+        self._lines.pop(image_id, None)
         bar = self._bars.pop(image_id, None)
         if bar is not None:
             bar.close()
