@@ -32,6 +32,15 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "a number above 0"
 
 
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "a number of 0 or more"
+
+
+def _bare_host(value: Any) -> str | None:
+    ok = value == "" or ("/" not in value and ":" not in value and value.strip() == value)
+    return None if ok else "a bare host name like oss-cn-beijing-internal.aliyuncs.com"
+
+
 def _http_url(value: Any) -> str | None:
     parts = urlsplit(value)
     if parts.scheme in ("http", "https") and parts.hostname and parts.path in ("", "/"):
@@ -93,7 +102,7 @@ class SourceConfig:
     sign: bool = True
     region: str = ""
     allow_hosts: tuple[str, ...] = ()
-    endpoint_override: str = ""
+    endpoint_override: str = field(default="", metadata=_check(_bare_host))
     presign_expires_s: int = field(default=3600, metadata=_check(_positive))
 
 
@@ -107,7 +116,9 @@ class DestinationConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransferConfig:
     concurrency: int = field(default=4, metadata=_check(_positive))
-    max_attempts: int = field(default=6, metadata=_check(_positive))
+    max_attempts: int = field(default=8, metadata=_check(_positive))
+    retry_delay_s: float = field(default=1.0, metadata=_check(_non_negative))
+    retry_max_delay_s: float = field(default=60.0, metadata=_check(_positive))
     connect_timeout_s: float = field(default=10.0, metadata=_check(_positive))
     read_timeout_s: float = field(default=60.0, metadata=_check(_positive))
 
@@ -179,9 +190,8 @@ def _coerce(key_path: str, value: Any, expected: Any) -> Any:
         return float(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise ConfigError(
-        f"{key_path} must be {_describe(expected)}, got {_toml_type(value)} {value!r}"
-    )
+    shown = "" if key_path.startswith("credentials.") else f" {value!r}"  # may be a secret
+    raise ConfigError(f"{key_path} must be {_describe(expected)}, got {_toml_type(value)}{shown}")
 
 
 def _describe(expected: Any) -> str:

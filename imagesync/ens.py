@@ -30,6 +30,7 @@ ACTION = "DescribeExportImageInfo"
 API_VERSION = "2017-11-10"
 PAGE_SIZE = 50
 PAGE_CONCURRENCY = 4
+MAX_IMAGES = 1_000_000  # far above any real account; bounds the work a bad TotalCount can ask for
 RETRYABLE_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "UnknownError",
                    "SignatureNonceUsed")
 HINTS = {
@@ -59,7 +60,10 @@ class ExportedImage:
     @property
     def public_url(self) -> str:
         """The URL without query string or fragment: never a signature in logs or files."""
-        return urlsplit(self.url)._replace(query="", fragment="").geturl()
+        try:
+            return urlsplit(self.url)._replace(query="", fragment="").geturl()
+        except ValueError:  # not even a URL: still never show a query string
+            return self.url.split("?", 1)[0].split("#", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,12 @@ class EnsClient:
         async with trio.open_nursery() as nursery:
             for number in range(2, page_count + 1):
                 nursery.start_soon(fetch, number)
+        received = sum(len(images) for images in pages.values())
+        if received < first.total_count:
+            raise MalformedResponseError(
+                f"ENS listed {received} images where TotalCount promised {first.total_count} "
+                "(the account may have changed while listing); try again"
+            )
         unique: dict[str, ExportedImage] = {}
         for number in sorted(pages):
             for image in pages[number]:
@@ -218,7 +228,7 @@ def _parse_page(body: Any, number: int) -> _Page:
         raise MalformedResponseError(f"{where}: expected a JSON object")
     request = f" (RequestId {body.get('RequestId')})" if body.get("RequestId") else ""
     total = body.get("TotalCount")
-    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+    if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= MAX_IMAGES:
         raise MalformedResponseError(f"{where}: TotalCount is {total!r}, expected a count{request}")
     images = body.get("Images", {"Image": []})
     raw_list = images.get("Image", []) if isinstance(images, dict) else None

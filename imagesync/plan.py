@@ -17,7 +17,7 @@ import trio
 
 from .config import FilterConfig
 from .ens import ExportedImage
-from .errors import TransferError
+from .errors import DestinationError, TransferError
 from .layout import assign_paths
 from .manifest import Manifest, ManifestEntry
 from .retry import RetryPolicy
@@ -63,6 +63,7 @@ class Selection:
     not_exported: list[ExportedImage] = field(default_factory=list)
     filtered_out: list[ExportedImage] = field(default_factory=list)
     unknown_ids: list[str] = field(default_factory=list)  # asked for by id, not listed at all
+    unavailable: list[ExportedImage] = field(default_factory=list)  # asked for by id, not exported
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,8 +99,9 @@ def select(images: Sequence[ExportedImage], filters: FilterConfig) -> Selection:
             selected.append(image)
     listed = {image.image_id for image in images}
     unknown = sorted(wanted_ids - listed)
+    unavailable = [image for image in not_exported if image.image_id in wanted_ids]
     return Selection(selected=selected, not_exported=not_exported, filtered_out=filtered_out,
-                     unknown_ids=unknown)
+                     unknown_ids=unknown, unavailable=unavailable)
 
 
 def _name_passes(name: str, filters: FilterConfig) -> bool:
@@ -149,11 +151,11 @@ async def _plan_image(
     try:
         source = make_source(image)
         info = await _head(source, retry)
-    except TransferError as error:
+        final_size, (state, on_disk) = await trio.to_thread.run_sync(
+            lambda: (sink.final_size(path), sink.partial(path).read_state())
+        )
+    except (TransferError, DestinationError) as error:
         return PlannedImage(image=image, path=path, action=Action.FAIL, reason=str(error))
-    final_size, (state, on_disk) = await trio.to_thread.run_sync(
-        lambda: (sink.final_size(path), sink.partial(path).read_state())
-    )
     action, reason, partial_bytes = _decide(entry, info, final_size, state, on_disk,
                                                  source.location.public_url)
     return PlannedImage(image=image, path=path, action=action, reason=reason, info=info,
@@ -167,7 +169,8 @@ def _decide(entry: ManifestEntry | None, info: ObjectInfo, final_size: int | Non
         return Action.SKIP, "mirrored, source unchanged", 0
     resumable = state is not None and (state.source_url, state.etag, state.size) == (
         public_url, info.etag, info.size)
-    if resumable and 0 < on_disk <= info.size:
+    # Without a published CRC-64 nothing would vouch for a file joined from two sessions.
+    if resumable and 0 < on_disk <= info.size and info.crc64ecma is not None:
         return Action.RESUME, f"{on_disk} of {info.size} bytes already on disk", on_disk
     if entry is not None and final_size is not None and not unchanged:
         return Action.REPLACE, f"source changed (ETag {entry.source_etag} -> {info.etag})", 0

@@ -10,23 +10,26 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import oss2
 
 from .config import SourceConfig
 from .credentials import Credentials
-from .errors import ConfigError, SourceChangedError, TransferError, UnsafeSourceError
+from .errors import SourceChangedError, TransferError, UnsafeSourceError
 
 OSS_DOMAIN = ".aliyuncs.com"
 RESIGN_MARGIN_S = 60
 HTTP_READ_BYTES = 1 << 20
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
 def _widen_http_reads() -> None:
@@ -58,6 +61,7 @@ class UrlExpiredError(TransferError):
 class ObjectLocation:
     public_url: str  # no query string: safe for logs and the manifest
     endpoint: str  # what oss2 builds object URLs from
+    fetch_url: str  # the object's URL through endpoint_override, for unsigned reads
     bucket: str
     key: str
     region: str
@@ -75,32 +79,40 @@ class ObjectInfo:
 
 def locate(url: str, config: SourceConfig) -> ObjectLocation:
     """Parse and vet an ExportedImageURL; raise `UnsafeSourceError` for anything not allowed."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UnsafeSourceError(f"refusing to download {url.split('?')[0][:200]!r}: not a valid URL") from None
+    public_url = parts._replace(query="", fragment="").geturl()
     host = (parts.hostname or "").lower()
     allowed = {h.lower() for h in config.allow_hosts}
-    public_url = parts._replace(query="", fragment="").geturl()
     on_oss = host.endswith(OSS_DOMAIN) and parts.scheme == "https"
     listed = host in allowed and parts.scheme in ("http", "https")
-    if parts.username or parts.password or not (on_oss or listed):
+    well_formed = _is_ip_or_localhost(host) or HOST_NAME.fullmatch(host) is not None
+    if parts.username or parts.password or not well_formed or not (on_oss or listed):
         raise UnsafeSourceError(
             f"refusing to download {public_url}: only https URLs on OSS hosts (*{OSS_DOMAIN}) "
             "or hosts listed in source.allow_hosts are allowed"
         )
     path = unquote(parts.path).lstrip("/")
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    netloc = host if port is None else f"{host}:{port}"
     if _is_ip_or_localhost(host):
         bucket, _, key = path.partition("/")
         endpoint = f"{parts.scheme}://{netloc}"
+        fetch_url = f"{endpoint}/{quote(bucket)}/{quote(key)}"
     else:
         bucket, _, service_host = netloc.partition(".")
         key = path
         endpoint = f"{parts.scheme}://{config.endpoint_override or service_host}"
-    if not bucket or not key:
-        raise UnsafeSourceError(f"cannot tell the OSS bucket and object key from {public_url}")
+        fetch_url = f"{parts.scheme}://{bucket}.{config.endpoint_override or service_host}/{quote(key)}"
+    if not BUCKET_NAME.fullmatch(bucket) or not key:
+        raise UnsafeSourceError(f"cannot tell a valid OSS bucket and object key from {public_url}")
     region = _region_from_host(host) or config.region
     if not region and config.sign:
-        raise ConfigError(f"cannot tell the OSS region from {public_url}; set source.region")
-    return ObjectLocation(public_url=public_url, endpoint=endpoint, bucket=bucket, key=key, region=region)
+        raise TransferError(f"cannot tell the OSS region from {public_url}; set source.region")
+    return ObjectLocation(public_url=public_url, endpoint=endpoint, fetch_url=fetch_url, bucket=bucket,
+                          key=key, region=region)
 
 
 def _is_ip_or_localhost(host: str) -> bool:
@@ -138,7 +150,10 @@ class ObjectSource:
         self._http = http
         self.location = location
         self._expires_s = expires_s
-        self._bucket = _oss2_bucket(location, credentials) if credentials else None
+        try:
+            self._bucket = _oss2_bucket(location, credentials) if credentials else None
+        except oss2.exceptions.ClientError as error:
+            raise UnsafeSourceError(f"cannot sign requests for {location.public_url}: {error}") from None
         self._signed: dict[str, tuple[str, float]] = {}
 
     def resign(self) -> None:
@@ -146,7 +161,7 @@ class ObjectSource:
 
     def _url(self, method: str) -> str:
         if self._bucket is None:
-            return self.location.public_url
+            return self.location.fetch_url
         cached = self._signed.get(method)
         if cached and cached[1] > time.monotonic():
             return cached[0]

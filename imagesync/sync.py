@@ -60,6 +60,7 @@ class Outcome:
     seconds: float = 0.0
     reason: str = ""
     entry: ManifestEntry | None = dataclasses.field(default=None, repr=False)
+    commit: Callable[[], None] | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +128,9 @@ def _planned_failures(plan: Plan) -> list[Outcome]:
     """Images that fail before any transfer: unknown ids and objects that cannot be read."""
     failures = [Outcome(image_id=i, image_name="", path="", action="fail", result="failed",
                         reason=f"image {i} is not listed by the API") for i in plan.selection.unknown_ids]
+    failures += [Outcome(image_id=i.image_id, image_name=i.image_name, path="", action="fail",
+                         result="failed", reason=f"image {i.image_id} is {i.status}, not exported")
+                 for i in plan.selection.unavailable]
     for item in plan.items:
         if item.action is Action.FAIL:
             failures.append(_outcome(item, "failed", reason=item.reason))
@@ -189,7 +193,9 @@ async def _report(results: trio.MemoryReceiveChannel[Outcome], writer: ManifestW
     async with results:
         async for outcome in results:
             if outcome.entry is not None:
-                await trio.to_thread.run_sync(writer.record, outcome.entry)
+                # Rename and journal record in one uninterruptible thread call: a signal can
+                # never leave a verified file under its final name without its manifest entry.
+                await trio.to_thread.run_sync(_commit_and_record, outcome, writer)
             outcomes.append(outcome)
             if outcome.result != "skipped":
                 progress.finish(outcome.image_id, _outcome_line(outcome), ok=outcome.result != "failed")
@@ -201,7 +207,9 @@ class _Workers:
     def __init__(self, config: Config, sink: LocalSink, progress: Progress) -> None:
         self._sink = sink
         self._progress = progress
-        self._retry = RetryPolicy(max_attempts=config.transfer.max_attempts)
+        self._retry = RetryPolicy(max_attempts=config.transfer.max_attempts,
+                                  base_delay_s=config.transfer.retry_delay_s,
+                                  max_delay_s=config.transfer.retry_max_delay_s)
         self._limiter = trio.CapacityLimiter(config.transfer.concurrency + 1)
 
     async def run(self, jobs: trio.MemoryReceiveChannel[PlannedImage],
@@ -214,24 +222,31 @@ class _Workers:
         assert item.source is not None and item.info is not None
         image_id = item.image.image_id
         self._progress.start(image_id, item.image.image_name, item.info.size, item.partial_bytes)
-        copy = ImageCopy(item.source, self._sink.partial(item.path), item.info, retry=self._retry,
+        partial = self._sink.partial(item.path)
+        copy = ImageCopy(item.source, partial, item.info, retry=self._retry,
                          limiter=self._limiter, on_bytes=self._advance(image_id))
         try:
             copied = await copy.run(resume=item.action is Action.RESUME)
         except TransferError as error:
             return _outcome(item, "failed", reason=str(error))
         return _outcome(item, "mirrored", reason=item.reason, copied=copied,
-                        entry=_entry(item, copied))
+                        entry=_entry(item, copied), commit=partial.commit)
 
     def _advance(self, image_id: str) -> Callable[[int], None]:
         return lambda count: self._progress.advance(image_id, count)
 
 
+def _commit_and_record(outcome: Outcome, writer: ManifestWriter) -> None:
+    assert outcome.entry is not None and outcome.commit is not None
+    outcome.commit()
+    writer.record(outcome.entry)
+
+
 def _outcome(item: PlannedImage, result: str, *, reason: str, copied: Copied | None = None,
-             entry: ManifestEntry | None = None) -> Outcome:
+             entry: ManifestEntry | None = None, commit: Callable[[], None] | None = None) -> Outcome:
     return Outcome(
         image_id=item.image.image_id, image_name=item.image.image_name, path=str(item.path),
-        action=item.action.value, result=result, reason=reason, entry=entry,
+        action=item.action.value, result=result, reason=reason, entry=entry, commit=commit,
         bytes_transferred=copied.bytes_transferred if copied else 0,
         seconds=copied.seconds if copied else 0.0,
     )

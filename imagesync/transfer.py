@@ -62,16 +62,22 @@ class ImageCopy:
         self._digest = Digest()
         self._transferred = 0
         self._buffer = bytearray(BATCH_BYTES)  # reused: a fresh 8 MiB per batch costs page faults
+        self._changed = False  # the object changed under us: HEAD it again and start over
 
     async def run(self, *, resume: bool) -> Copied:
+        """Verified bytes in the partial file, ready for `PartialFile.commit` by the caller."""
         started = time.monotonic()
-        await self._begin(resume=resume)
-        checksum_failures = attempts = resigns = 0
-        failed_at = -1
+        await self._begin(resume=resume and self._can_resume)
+        checksum_failures = resigns = 0
+        failures = _FailureBudget(self._retry)
         while True:
             try:
+                if self._changed:
+                    self._info = await self._source.head()
+                    await self._begin(resume=False)
+                    self._changed = False
                 await self._stream()
-                await self._verify_and_commit()
+                self._verify()
                 return Copied(info=self._info, sha256=self._digest.sha256, crc64ecma=self._digest.crc64,
                               bytes_transferred=self._transferred, seconds=time.monotonic() - started)
             except ChecksumMismatchError:
@@ -86,15 +92,16 @@ class ImageCopy:
                     raise
                 self._source.resign()
             except (TransientError, SourceChangedError) as error:
-                # A long transfer that keeps making progress deserves a fresh set of attempts.
-                attempts = 1 if self._digest.size > failed_at else attempts + 1
-                failed_at = self._digest.size
-                if attempts >= self._retry.max_attempts:
-                    raise TransferError(f"{error}; gave up after {attempts} attempts") from None
-                await trio.sleep(self._retry.delay_s(attempts))
+                await failures.wait_or_give_up(error, self._digest.size)
                 if isinstance(error, SourceChangedError):
-                    self._info = await self._source.head()
+                    self._changed = True
+                elif not self._can_resume:  # no CRC to vouch for a resumed file: start over
                     await self._begin(resume=False)
+
+    @property
+    def _can_resume(self) -> bool:
+        """Resuming is safe only when the object's CRC-64 will check the joined file."""
+        return self._info.crc64ecma is not None
 
     async def _begin(self, *, resume: bool) -> None:
         """Open the partial file: keep and re-hash what a previous run left, or start at zero."""
@@ -105,7 +112,13 @@ class ImageCopy:
             recorded, on_disk = await self._thread(self._partial.read_state)
             if recorded == state and on_disk <= self._info.size:
                 keep = on_disk
-        self._digest = await self._thread(digest_file, self._partial.part, keep) if keep else Digest()
+        self._digest = Digest()
+        if keep:
+            try:  # read-only, so a signal need not wait for it
+                self._digest = await trio.to_thread.run_sync(
+                    digest_file, self._partial.part, keep, limiter=self._limiter, abandon_on_cancel=True)
+            except OSError:
+                keep = 0  # an unreadable partial is no use: fetch it all again
         await self._thread(self._partial.begin, state, keep_bytes=keep)
 
     async def _stream(self) -> None:
@@ -134,23 +147,25 @@ class ImageCopy:
             return
         if self._digest.size + len(data) > self._info.size:
             raise SourceChangedError(f"{self._source.location.public_url} sent more bytes than its size")
-        await self._thread(self._write_and_hash, data)
+        await self._thread(self._write_and_hash, batch)
         self._transferred += len(data)
         self._on_bytes(len(data))
-        batch.clear()
 
-    def _write_and_hash(self, data: memoryview) -> None:
+    def _write_and_hash(self, batch: _Batch) -> None:
+        # Clearing here, in the same uninterruptible thread call as the write, means a signal
+        # arriving after it can never make the `finally` in _stream write the batch twice.
+        data = batch.view()
         self._digest.update(data)
         self._partial.write(data)
+        batch.clear()
 
-    async def _verify_and_commit(self) -> None:
+    def _verify(self) -> None:
         expected = self._info.crc64ecma
         if expected is not None and self._digest.crc64 != expected:
             raise ChecksumMismatchError(
                 f"{self._source.location.public_url}: CRC-64 of the bytes received is {self._digest.crc64}, "
                 f"OSS publishes {expected}; the copy was discarded"
             )
-        await self._thread(self._partial.commit)
 
     async def _thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(partial(function, *args, **kwargs), limiter=self._limiter)
@@ -179,3 +194,26 @@ class _Batch:
 
     def clear(self) -> None:
         self._filled = 0
+
+
+class _FailureBudget:
+    """How long to keep trying: a fresh budget after real progress, never forever.
+
+    Failures count only while less than one batch arrived since the last one, so a link that
+    drops every few KiB gives up instead of crawling for days; a long transfer that keeps
+    moving gets a fresh set of attempts after each batch. Waits grow exponentially.
+    """
+
+    def __init__(self, retry: RetryPolicy) -> None:
+        self._retry = retry
+        self._attempts = 0
+        self._offset = -1
+
+    async def wait_or_give_up(self, error: TransferError, offset: int) -> None:
+        if offset - self._offset >= BATCH_BYTES:
+            self._attempts = 0
+        self._offset = max(self._offset, offset)
+        self._attempts += 1
+        if self._attempts >= self._retry.max_attempts:
+            raise TransferError(f"{error}; gave up after {self._attempts} attempts") from None
+        await trio.sleep(self._retry.delay_s(self._attempts))

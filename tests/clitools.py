@@ -65,7 +65,7 @@ def write_config(emulator: Any, path: Path, mirror: Path, **tables: dict[str, An
                         "access_key_secret": emulator.access_key_secret},
         "source": {"region": emulator.region, "allow_hosts": ["127.0.0.1"]},
         "destination": {"url": str(mirror)},
-        "transfer": {"concurrency": 3},
+        "transfer": {"concurrency": 3, "retry_delay_s": 0.05},
     }
     for name, values in tables.items():
         sections.setdefault(name, {}).update(values)

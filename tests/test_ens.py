@@ -50,8 +50,16 @@ async def list_with(handler: Callable[..., Any], attempts: int = 4) -> list[Expo
 async def test_pages_are_all_fetched_and_deduplicated() -> None:
     images = await list_with(paged(120))
     assert [i.image_id for i in images] == [f"m-{n:05d}" for n in range(120)]
-    duplicated = await list_with(paged(100, lambda number: [image(1), image(number)]))
-    assert sorted(i.image_id for i in duplicated) == ["m-00001", "m-00002"]
+    # An image that moves between pages while listing shows up twice: keep one.
+    pages = {1: [image(n) for n in range(50)], 2: [image(1)] + [image(n) for n in range(50, 59)]}
+    duplicated = await list_with(paged(60, pages.__getitem__))
+    assert sorted(i.image_id for i in duplicated) == [f"m-{n:05d}" for n in range(59)]
+
+
+async def test_a_short_listing_is_an_error() -> None:
+    """A server that pages differently than asked must not make images look deleted."""
+    with pytest.raises(MalformedResponseError, match="listed 20 images where TotalCount promised 100"):
+        await list_with(paged(100, lambda number: [image(number * 10 + n) for n in range(10)]))
 
 
 async def test_request_is_signed_with_acs3() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imagesync.config import SourceConfig
-from imagesync.errors import ConfigError, UnsafeSourceError
+from imagesync.errors import TransferError, UnsafeSourceError
 from imagesync.source import HTTP_READ_BYTES, locate
 
 
@@ -23,8 +23,8 @@ from imagesync.source import HTTP_READ_BYTES, locate
          ("https://oss-cn-beijing-internal.aliyuncs.com", "backups", "m-1.qcow2", "cn-beijing")),
         ("http://127.0.0.1:8790/ens-exports/m-1.qcow2", SourceConfig(allow_hosts=("127.0.0.1",), region="cn-x"),
          ("http://127.0.0.1:8790", "ens-exports", "m-1.qcow2", "cn-x")),
-        ("http://localhost/b/k/m.qcow2", SourceConfig(allow_hosts=("LOCALHOST",), region="cn-x"),
-         ("http://localhost", "b", "k/m.qcow2", "cn-x")),
+        ("http://localhost/bkt/k/m.qcow2", SourceConfig(allow_hosts=("LOCALHOST",), region="cn-x"),
+         ("http://localhost", "bkt", "k/m.qcow2", "cn-x")),
     ],
 )
 def test_locate(url: str, config: SourceConfig, expected: tuple[str, str, str, str]) -> None:
@@ -45,11 +45,16 @@ def test_locate(url: str, config: SourceConfig, expected: tuple[str, str, str, s
         "https://127.0.0.1/b/m-1.qcow2",  # not in allow_hosts
         "ftp://backups.oss-cn-beijing.aliyuncs.com/m-1.qcow2",
         "",
+        "http://127.0.0.1:99999/bucket/m.qcow2",  # port out of range
+        "https://[::1/x",
+        "https://evil.com\\.oss-cn-beijing.aliyuncs.com/m.qcow2",
+        "https://evil.com;.oss-cn-beijing.aliyuncs.com/m.qcow2",
+        "https://evil%2fcom.oss-cn-beijing.aliyuncs.com/m.qcow2",
     ],
 )
 def test_refused_before_any_connection(url: str) -> None:
     with pytest.raises(UnsafeSourceError, match="refusing to download"):
-        locate(url, SourceConfig(region="cn-x"))
+        locate(url, SourceConfig(region="cn-x", allow_hosts=("127.0.0.1",) if "99999" in url else ()))
 
 
 def test_secret_query_never_reaches_the_message() -> None:
@@ -59,15 +64,23 @@ def test_secret_query_never_reaches_the_message() -> None:
 
 
 def test_unknown_region_needs_config() -> None:
-    with pytest.raises(ConfigError, match=r"set source\.region"):
-        locate("http://127.0.0.1/b/m.qcow2", SourceConfig(allow_hosts=("127.0.0.1",)))
-    unsigned = locate("http://127.0.0.1/b/m.qcow2", SourceConfig(allow_hosts=("127.0.0.1",), sign=False))
+    with pytest.raises(TransferError, match=r"set source\.region"):
+        locate("http://127.0.0.1/bkt/m.qcow2", SourceConfig(allow_hosts=("127.0.0.1",)))
+    unsigned = locate("http://127.0.0.1/bkt/m.qcow2", SourceConfig(allow_hosts=("127.0.0.1",), sign=False))
     assert unsigned.region == ""
+
+
+def test_unsigned_reads_honour_the_endpoint_override() -> None:
+    config = SourceConfig(sign=False, endpoint_override="oss-cn-beijing-internal.aliyuncs.com")
+    location = locate("https://backups.oss-cn-beijing.aliyuncs.com/dir/m 1.qcow2", config)
+    assert location.fetch_url == "https://backups.oss-cn-beijing-internal.aliyuncs.com/dir/m%201.qcow2"
 
 
 def test_path_without_key_is_refused() -> None:
     with pytest.raises(UnsafeSourceError, match="bucket and object key"):
         locate("http://127.0.0.1/bucket-only", SourceConfig(allow_hosts=("127.0.0.1",), region="cn-x"))
+    with pytest.raises(UnsafeSourceError, match="bucket and object key"):
+        locate("https://ab.oss-cn-beijing.aliyuncs.com/m.qcow2", SourceConfig())
 
 
 def test_httpcore_still_reads_wide() -> None:

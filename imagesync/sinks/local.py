@@ -40,9 +40,6 @@ class LocalSink:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def describe(self) -> str:
-        return str(self.root)
-
     def prepare(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -50,8 +47,12 @@ class LocalSink:
             raise DestinationError(f"cannot create destination {self.root}: {error.strerror}") from None
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on the destination for the whole run (released by the kernel on exit)."""
+    def lock(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the destination's lock for the whole run (the kernel releases it on exit).
+
+        A sync takes it exclusively; `verify` takes it shared, so it never reads a file that a
+        sync is replacing.
+        """
         path = self.root / LOCK_NAME
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,11 +60,12 @@ class LocalSink:
             raise DestinationError(f"cannot create the lock file {path}: {error.strerror}") from None
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise LockedError(f"another imagesync run holds the lock on {self.root}; try later") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            if not shared:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             yield
         finally:
             os.close(fd)
@@ -76,10 +78,13 @@ class LocalSink:
         return shutil.disk_usage(probe).free
 
     def final_size(self, relative: PurePosixPath) -> int | None:
+        path = resolve_inside(self.root, relative)
         try:
-            return resolve_inside(self.root, relative).stat().st_size
+            return path.stat().st_size
         except FileNotFoundError:
             return None
+        except OSError as error:
+            raise destination_error(f"cannot read {path}", error) from None
 
     def partial(self, relative: PurePosixPath) -> PartialFile:
         return PartialFile(resolve_inside(self.root, relative))
@@ -107,13 +112,15 @@ class PartialFile:
         self.close()
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            replace_file(self.state_path, json.dumps(asdict(state)).encode())
-            fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._fd = fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
             os.ftruncate(fd, keep_bytes)
             os.lseek(fd, keep_bytes, os.SEEK_SET)
+            # The cut must be durable before the state names a new object: else a crash could
+            # leave the old object's bytes under the new object's state.
+            os.fsync(fd)
         except OSError as error:
             raise destination_error(f"cannot write {self.part}", error) from None
-        self._fd = fd
+        replace_file(self.state_path, json.dumps(asdict(state)).encode())
 
     def write(self, data: Buffer) -> None:
         assert self._fd is not None, "begin() first"
