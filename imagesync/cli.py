@@ -19,7 +19,8 @@ from .config import DEFAULT_CONFIG_PATH, Config, load_config, with_overrides
 from .credentials import resolve_credentials
 from .ens import ExportedImage, open_ens_client
 from .errors import EXIT_IMAGE_FAILED, EXIT_SIGINT, ImagesyncError, Interrupted
-from .summary import plan_json, plan_lines, printable, summary_json, summary_lines
+from .progress import printable
+from .summary import plan_json, plan_lines, summary_json, summary_lines
 from .sync import RunOptions, run_sync
 from .verify import verify_mirror
 

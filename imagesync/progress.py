@@ -34,13 +34,13 @@ class LogProgress:
 
     def start(self, image_id: str, name: str, size: int, already: int) -> None:
         resumed = f", resuming at {format_bytes(already)}" if already else ""
-        log.info("start %s (%s, %s%s)", image_id, name, format_bytes(size), resumed)
+        log.info("start %s (%s, %s%s)", printable(image_id), printable(name), format_bytes(size), resumed)
 
     def advance(self, image_id: str, count: int) -> None:
         pass
 
     def finish(self, image_id: str, line: str, ok: bool) -> None:
-        (log.info if ok else log.error)("%s", line)
+        (log.info if ok else log.error)("%s", printable(line))
 
     def close(self) -> None:
         pass
@@ -60,7 +60,7 @@ class BarProgress:
         line = next(n for n in range(1, len(taken) + 2) if n not in taken)  # reuse freed lines
         self._lines[image_id] = line
         self._bars[image_id] = tqdm(total=size, initial=already, unit="B", unit_scale=True,
-                                    unit_divisor=1024, desc=image_id, leave=False,
+                                    unit_divisor=1024, desc=printable(image_id), leave=False,
                                     position=line, dynamic_ncols=True, file=sys.stderr)
 
     def advance(self, image_id: str, count: int) -> None:
@@ -72,7 +72,7 @@ class BarProgress:
         bar = self._bars.pop(image_id, None)
         if bar is not None:
             bar.close()
-        self._total.write(line, file=sys.stderr)
+        self._total.write(printable(line), file=sys.stderr)
 
     def close(self) -> None:
         for bar in self._bars.values():
@@ -86,3 +86,8 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def printable(text: str) -> str:
+    """Text from the API, with control characters shown escaped, never interpreted by a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -83,7 +83,8 @@ def locate(url: str, config: SourceConfig) -> ObjectLocation:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise UnsafeSourceError(f"refusing to download {url.split('?')[0][:200]!r}: not a valid URL") from None
+        shown = url.split("?")[0][:200]
+        raise UnsafeSourceError(f"refusing to download {shown!r}: not a valid URL") from None
     public_url = parts._replace(query="", fragment="").geturl()
     host = (parts.hostname or "").lower()
     allowed = {h.lower() for h in config.allow_hosts}

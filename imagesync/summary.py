@@ -7,7 +7,7 @@ from typing import Any
 
 from .ens import ExportedImage
 from .plan import Plan
-from .progress import format_bytes
+from .progress import format_bytes, printable
 from .sync import RunResult
 
 
@@ -108,7 +108,3 @@ def _others_lines(plan: Plan) -> list[str]:
 def _brief(image: ExportedImage) -> dict[str, str]:
     return {"image_id": image.image_id, "image_name": image.image_name, "status": image.status}
 
-
-def printable(text: str) -> str:
-    """A name from the API, with control characters shown escaped, never interpreted."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

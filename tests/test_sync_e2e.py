@@ -330,3 +330,23 @@ def test_verify_finds_rot_and_loss(emulator: Any, tmp_path: Path, mirror: Path) 
     results = {v["path"]: v["result"] for v in json.loads(rotten.stdout)}
     assert results[first.name] == "corrupt" and results[second.name] == "missing"
     assert list(results.values()).count("ok") == len(results) - 2
+
+
+def test_a_link_that_keeps_dropping_gives_up(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    """Progress of a few KiB per attempt is not progress: the image fails in bounded time."""
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, transfer={"max_attempts": 4})
+    target = exported(emulator)[0]
+    emulator.faults(drop_after_bytes=4096, drop_times=-1, key=target["Key"])
+    result = imagesync("sync", "-c", config, timeout=60)
+    assert result.returncode == 1
+    assert target["ImageId"] in result.stderr and "gave up after 4 attempts" in result.stderr
+    assert emulator.stats()["object_gets"] < 20
+    assert not (mirror / f"{target['ImageId']}.qcow2").exists()
+
+
+def test_asking_for_an_image_that_is_not_exported_fails(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    exporting = next(e for e in emulator.catalog() if e["ImageExportStatus"] == "Exporting")
+    result = imagesync("sync", "-c", config, "--image-id", exporting["ImageId"], "-q")
+    assert result.returncode == 1
+    assert f"{exporting['ImageId']} is Exporting, not exported" in result.stderr
