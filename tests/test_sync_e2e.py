@@ -350,3 +350,16 @@ def test_asking_for_an_image_that_is_not_exported_fails(emulator: Any, tmp_path:
     result = imagesync("sync", "-c", config, "--image-id", exporting["ImageId"], "-q")
     assert result.returncode == 1
     assert f"{exporting['ImageId']} is Exporting, not exported" in result.stderr
+
+
+def test_without_a_published_crc_a_drop_restarts_from_zero(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    """No CRC-64 to vouch for a joined file: never resume, fetch the object whole again."""
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, transfer={"concurrency": 1})
+    target = exported(emulator)[0]
+    size = emulator.object_path(target["ImageId"]).stat().st_size
+    emulator.faults(omit_crc64=1, drop_after_bytes=size // 2, drop_times=1, key=target["Key"])
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    sent = emulator.stats()["bytes_by_key"][target["Key"]]
+    assert sent >= size + size // 2  # the first half, then the whole object again
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])

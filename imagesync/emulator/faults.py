@@ -20,7 +20,9 @@ corrupt_offset        flip the byte at that object offset in the next GET body t
                       it; ``corrupt_times`` (default 1, -1 = always) of them
 latency_ms            delay before every ENS and OSS response
 bandwidth_bps         cap on the rate of each object body (0 = unlimited)
-key                   restrict drop, 5xx, 403, corruption and bandwidth to that object key
+omit_crc64            while non-zero, object answers lack ``x-oss-hash-crc64ecma`` (as objects
+                      made by CopyObject may)
+key                   restrict drop, 5xx, 403, corruption, bandwidth and omit_crc64 to that key
 ===================== ====================================================================
 
 Setting ``drop_after_bytes`` or ``corrupt_offset`` resets its ``*_times`` to 1 unless the
@@ -54,6 +56,7 @@ class FaultState:
     corrupt_times: int = 1
     latency_ms: int = 0
     bandwidth_bps: int = 0
+    omit_crc64: int = 0  # non-zero: answers lack x-oss-hash-crc64ecma, as copied objects may
     key: str | None = None
 
 
@@ -178,6 +181,11 @@ class Faults:
     def latency_s(self) -> float:
         with self._lock:
             return self._state.latency_ms / 1000
+
+    def omits_crc64(self, key: str) -> bool:
+        with self._lock:
+            state = self._state
+            return bool(state.omit_crc64) and state.key in (None, key)
 
     def take_object_error(self, key: str, method: str) -> str | None:
         """``"oss_5xx"`` or ``"oss_403_expired"`` if this object request must fail."""

@@ -80,8 +80,8 @@ def error_response(emu: Emulator, exc: OssError, request_id: str, *, send_body: 
     return Response(status=exc.status, headers=headers, body=xml, send_body=send_body)
 
 
-def object_headers(meta: ObjectMeta, request_id: str) -> list[tuple[str, str]]:
-    return [
+def object_headers(meta: ObjectMeta, request_id: str, *, crc64: bool = True) -> list[tuple[str, str]]:
+    headers = [
         ("Content-Type", "application/octet-stream"),
         ("Accept-Ranges", "bytes"),
         ("ETag", meta.etag),
@@ -91,6 +91,7 @@ def object_headers(meta: ObjectMeta, request_id: str) -> list[tuple[str, str]]:
         ("x-oss-storage-class", "Standard"),
         ("x-oss-request-id", request_id),
     ]
+    return headers if crc64 else [h for h in headers if h[0] != "x-oss-hash-crc64ecma"]
 
 
 def _object_error(emu: Emulator, req: Request, key: str) -> None:
@@ -118,7 +119,7 @@ def get_object(emu: Emulator, req: Request, bucket: str, key: str, request_id: s
 def _answer(
     emu: Emulator, req: Request, key: str, meta: ObjectMeta, file: BinaryIO, request_id: str
 ) -> Response:
-    headers = object_headers(meta, request_id)
+    headers = object_headers(meta, request_id, crc64=not emu.faults.omits_crc64(key))
     verdict = preconditions(req.headers, meta.etag, meta.mtime_s)
     if verdict == 412:
         raise OssError(
