@@ -31,11 +31,12 @@ class Action(StrEnum):
     DOWNLOAD = "download"
     RESUME = "resume"
     REPLACE = "replace"
+    ADOPT = "adopt"  # a file is there with no record: keep it if its CRC-64 matches
     SKIP = "skip"
     FAIL = "fail"
 
 
-TRANSFER_ACTIONS = (Action.DOWNLOAD, Action.RESUME, Action.REPLACE)
+TRANSFER_ACTIONS = (Action.DOWNLOAD, Action.RESUME, Action.REPLACE, Action.ADOPT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +173,8 @@ def _decide(entry: ManifestEntry | None, info: ObjectInfo, final_size: int | Non
     # Without a published CRC-64 nothing would vouch for a file joined from two sessions.
     if resumable and 0 < on_disk <= info.size and info.crc64ecma is not None:
         return Action.RESUME, f"{on_disk} of {info.size} bytes already on disk", on_disk
+    if entry is None and final_size == info.size and info.crc64ecma is not None:
+        return Action.ADOPT, "a file of this size is there but not recorded; kept if its CRC-64 matches", 0
     if entry is not None and final_size is not None and not unchanged:
         return Action.REPLACE, f"source changed (ETag {entry.source_etag} -> {info.etag})", 0
     if entry is not None:

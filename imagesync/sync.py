@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from .checksum import digest_file
 from .config import Config
 from .credentials import Credentials
 from .ens import ExportedImage, open_ens_client
@@ -223,6 +224,10 @@ class _Workers:
         image_id = item.image.image_id
         self._progress.start(image_id, item.image.image_name, item.info.size, item.partial_bytes)
         partial = self._sink.partial(item.path)
+        if item.action is Action.ADOPT:
+            adopted = await self._adopt(item, partial.final)
+            if adopted is not None:
+                return adopted
         copy = ImageCopy(item.source, partial, item.info, retry=self._retry,
                          limiter=self._limiter, on_bytes=self._advance(image_id))
         try:
@@ -232,13 +237,31 @@ class _Workers:
         return _outcome(item, "mirrored", reason=item.reason, copied=copied,
                         entry=_entry(item, copied), commit=partial.commit)
 
+    async def _adopt(self, item: PlannedImage, final: Path) -> Outcome | None:
+        """Keep a file that is already there (a pre-seeded disk, a crash before its record) if
+        it hashes to the object's CRC-64; otherwise it is replaced once a new copy verifies."""
+        assert item.info is not None
+        started = time.monotonic()
+        try:
+            digest = await trio.to_thread.run_sync(digest_file, final, limiter=self._limiter,
+                                                   abandon_on_cancel=True)
+        except OSError:
+            return None
+        if digest.crc64 != item.info.crc64ecma or digest.size != item.info.size:
+            return None
+        copied = Copied(info=item.info, sha256=digest.sha256, crc64ecma=digest.crc64,
+                        bytes_transferred=0, seconds=time.monotonic() - started)
+        return _outcome(item, "mirrored", reason="kept the file already there: its CRC-64 matches",
+                        copied=copied, entry=_entry(item, copied))
+
     def _advance(self, image_id: str) -> Callable[[int], None]:
         return lambda count: self._progress.advance(image_id, count)
 
 
 def _commit_and_record(outcome: Outcome, writer: ManifestWriter) -> None:
-    assert outcome.entry is not None and outcome.commit is not None
-    outcome.commit()
+    assert outcome.entry is not None
+    if outcome.commit is not None:  # an adopted file is already in place
+        outcome.commit()
     writer.record(outcome.entry)
 
 
@@ -265,6 +288,8 @@ def _entry(item: PlannedImage, copied: Copied) -> ManifestEntry:
 def _outcome_line(outcome: Outcome) -> str:
     if outcome.result == "failed":
         return f"failed {outcome.image_id}: {outcome.reason}"
+    if outcome.action == "adopt" and not outcome.bytes_transferred:
+        return f"kept {outcome.image_id} -> {outcome.path}: {outcome.reason}"
     rate = outcome.bytes_transferred / outcome.seconds / 1e6 if outcome.seconds else 0.0
     return (f"done {outcome.image_id} -> {outcome.path}: {format_bytes(outcome.bytes_transferred)} "
             f"in {outcome.seconds:.1f} s ({rate:.0f} MB/s), verified")

@@ -363,3 +363,22 @@ def test_without_a_published_crc_a_drop_restarts_from_zero(emulator: Any, tmp_pa
     sent = emulator.stats()["bytes_by_key"][target["Key"]]
     assert sent >= size + size // 2  # the first half, then the whole object again
     assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in exported(emulator)])
+
+
+def test_files_without_a_record_are_adopted_or_replaced(emulator: Any, tmp_path: Path, mirror: Path) -> None:
+    """A pre-seeded disk (or a crash between rename and record): keep what hashes right."""
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    assert imagesync("sync", "-c", config).returncode == 0
+    for name in ("manifest.json", "SHA256SUMS"):
+        (mirror / name).unlink()
+    images = exported(emulator)
+    damaged = mirror / f"{images[0]['ImageId']}.qcow2"
+    with open(damaged, "r+b") as file:
+        file.seek(100)
+        file.write(b"\x00\x01\x02")
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    document = summary(result)
+    assert {i["action"] for i in document["images"]} == {"adopt"}
+    assert document["bytes_transferred"] == emulator.object_path(images[0]["ImageId"]).stat().st_size
+    assert_mirror_matches(emulator, mirror, [e["ImageId"] for e in images])
