@@ -58,21 +58,7 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, str]]:
 
 
 def write_config(emulator: Any, path: Path, mirror: Path, **tables: dict[str, Any]) -> Path:
-    """A config for the tool pointing at the emulator; ``tables`` override keys per section."""
-    sections: dict[str, dict[str, Any]] = {
-        "ens": {"endpoint": emulator.url},
-        "credentials": {"access_key_id": emulator.access_key_id,
-                        "access_key_secret": emulator.access_key_secret},
-        "source": {"region": emulator.region, "allow_hosts": ["127.0.0.1"]},
-        "destination": {"url": str(mirror)},
-        "transfer": {"concurrency": 3, "retry_delay_s": 0.05},
-    }
-    for name, values in tables.items():
-        sections.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
-    return path
+    """The emulator's own config, with quick retries and ``tables`` overriding keys per section."""
+    transfer = {"concurrency": 3, "retry_delay_s": 0.05, **tables.pop("transfer", {})}
+    written: Path = emulator.write_config(path, mirror, transfer=transfer, **tables)
+    return written

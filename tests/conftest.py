@@ -45,7 +45,7 @@ class EmulatorHandle:
 
     # --- config for the tool ---
 
-    def config_text(self, destination: Path, **overrides: Mapping[str, Any] | None) -> str:
+    def config_text(self, mirror: Path, **overrides: Mapping[str, Any] | None) -> str:
         """The TOML config pointing at this emulator; ``overrides`` are per-section dicts
         (``transfer={"concurrency": 1}``), a None value removes a key or section."""
         base = client_config(
@@ -54,15 +54,15 @@ class EmulatorHandle:
             access_key_secret=self.access_key_secret,
             region=self.region,
             public_read=self.public_read,
-            destination=str(destination),
+            destination=str(mirror),
         )
         return render_toml(merge_sections(base, overrides))
 
     def write_config(
-        self, path: Path, destination: Path, **overrides: Mapping[str, Any] | None
+        self, path: Path, mirror: Path, **overrides: Mapping[str, Any] | None
     ) -> Path:
         """Write :meth:`config_text` to ``path`` with mode 0600."""
-        path.write_text(self.config_text(destination, **overrides))
+        path.write_text(self.config_text(mirror, **overrides))
         path.chmod(0o600)
         return path
 
