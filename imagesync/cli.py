@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from . import __version__, emulator
-from .config import DEFAULT_CONFIG_PATH, Config, load_config, with_overrides
+from .config import DEFAULT_CONFIG_PATH, load_config, with_overrides
 from .credentials import resolve_credentials
 from .ens import ExportedImage, open_ens_client
 from .errors import EXIT_IMAGE_FAILED, EXIT_SIGINT, ImagesyncError, Interrupted
@@ -125,15 +125,12 @@ def _first_imagesync_error(raised: BaseException) -> ImagesyncError | None:
     return None
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
-
-
 # --- sync -----------------------------------------------------------------------------
 
 
 def _sync_command(args: argparse.Namespace) -> int:
-    config = with_overrides(_load(args), concurrency=args.concurrency, image_ids=tuple(args.image_id))
+    config = with_overrides(load_config(args.config), concurrency=args.concurrency,
+                            image_ids=tuple(args.image_id))
     credentials = resolve_credentials(config.credentials)
     options = RunOptions(dry_run=args.dry_run, progress=args.progress, quiet=args.quiet)
     result = trio.run(run_sync, config, credentials, options)
@@ -152,7 +149,7 @@ def _sync_command(args: argparse.Namespace) -> int:
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load_config(args.config)
     root = Path(config.destination.url).expanduser()
     verdicts = trio.run(verify_mirror, root, config.transfer.concurrency)
     bad = [v for v in verdicts if v.result != "ok"]
@@ -169,7 +166,7 @@ def _verify_command(args: argparse.Namespace) -> int:
 
 
 def _list_command(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load_config(args.config)
     credentials = resolve_credentials(config.credentials)
 
     async def fetch() -> list[ExportedImage]:

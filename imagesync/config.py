@@ -131,7 +131,6 @@ class Config:
     source: SourceConfig = SourceConfig()
     destination: DestinationConfig = DestinationConfig()
     transfer: TransferConfig = TransferConfig()
-    path: Path = field(default=DEFAULT_CONFIG_PATH, metadata={"internal": True})
 
 
 def load_config(path: Path) -> Config:
@@ -148,7 +147,7 @@ def load_config(path: Path) -> Config:
         document = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    config: Config = dataclasses.replace(_build(Config, document, prefix=""), path=path)
+    config: Config = _build(Config, document, prefix="")
     if not config.destination.url:
         raise ConfigError(f"{path}: destination.url is missing; expected a local directory or "
                           "oss://bucket/prefix")
@@ -158,7 +157,7 @@ def load_config(path: Path) -> Config:
 
 def _build(cls: type[Any], table: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in table:
         if name not in fields:
             where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
