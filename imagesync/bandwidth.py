@@ -12,34 +12,16 @@ The bucket holds at most one second of tokens and starts empty, so a run never a
 the cap from its start, and after a pause at most one second's worth passes unpaced. A rate of
 0 (or None) means unlimited: ``consume`` then returns at once and costs one comparison.
 
-`parse_rate` reads the rates of the command line and config: ``"200MB/s"``, ``"1.5 GiB/s"``.
+Rates are read from the command line and config by `imagesync.units.parse_rate`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from decimal import Decimal
 
 import trio
 
 BURST_S = 1.0
-
-UNITS = {
-    "B/s": 1,
-    "kB/s": 1000,
-    "MB/s": 1000**2,
-    "GB/s": 1000**3,
-    "KiB/s": 1024,
-    "MiB/s": 1024**2,
-    "GiB/s": 1024**3,
-}
-ACCEPTED = (
-    "a number with a unit B/s, kB/s, MB/s, GB/s (powers of 1000) or KiB/s, MiB/s, GiB/s "
-    '(powers of 1024), like "200MB/s" or "1.5 GiB/s"; a plain number is bytes per second, '
-    "0 means unlimited"
-)
-_RATE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?) ?(?P<unit>[A-Za-z]+/s)?")
 
 
 class BandwidthLimit:
@@ -86,24 +68,6 @@ class BandwidthLimit:
             earned = (now - self._updated) * self.bytes_per_second
             self._tokens = min(self._tokens + earned, BURST_S * self.bytes_per_second)
         self._updated = now
-
-
-def parse_rate(text: str) -> int:
-    """Bytes per second from ``"200MB/s"``, ``"200 MB/s"``, ``"1.5GiB/s"`` or ``"1000"``; 0 = unlimited.
-
-    Units are case-sensitive as written in `UNITS` (``mb/s`` would be millibits). Anything else
-    is a ValueError whose message lists the accepted forms; a positive rate below 1 B/s too,
-    since rounding it to 0 would turn a cap into no cap.
-    """
-    match = _RATE.fullmatch(text.strip())
-    factor = UNITS.get(match["unit"] or "B/s") if match else None
-    if match is None or factor is None:
-        raise ValueError(f"invalid rate {text!r}: expected {ACCEPTED}")
-    number = Decimal(match["number"])
-    rate = int(number * factor)
-    if number and rate == 0:
-        raise ValueError(f"invalid rate {text!r}: below 1 B/s; expected {ACCEPTED}")
-    return rate
 
 
 def format_rate(bytes_per_second: float) -> str:

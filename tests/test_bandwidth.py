@@ -6,7 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from imagesync.bandwidth import BandwidthLimit, format_rate, parse_rate
+from imagesync.bandwidth import BandwidthLimit, format_rate
+from imagesync.units import parse_rate
 
 MiB = 2**20
 RATE = 20 * MiB
@@ -121,42 +122,13 @@ def test_a_negative_rate_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [
-        ("200MB/s", 200_000_000),
-        ("200 MB/s", 200_000_000),
-        ("  200MB/s ", 200_000_000),
-        ("1.5GiB/s", 1536 * MiB),
-        ("20MiB/s", 20 * MiB),
-        ("512KiB/s", 512 * 1024),
-        ("100kB/s", 100_000),
-        ("2GB/s", 2_000_000_000),
-        ("10B/s", 10),
-        ("1000", 1000),
-        ("0", 0),
-        ("0MB/s", 0),
-        ("0.0", 0),
-        ("0.5KiB/s", 512),
-    ],
+    [("200MB/s", 200_000_000), ("200 MB/s", 200_000_000), ("1.5GiB/s", 1536 * MiB), ("0", 0)],
 )
-def test_parse_rate_accepts(text: str, expected: int) -> None:
-    assert parse_rate(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "", "MB/s", "200mb/s", "200MB", "200 Mb/s", "200KB/s", "200kiB/s", "200 MiB", "200M",
-        "-5MB/s", "+5MB/s", "1e6", "1,5MB/s", "200  MB/s", "200MB/s/s", "inf", "nan", "0x10",
-        ".5MB/s", "5.MB/s", "200 MB/sec", "0.5", "0.1B/s",
-    ],
-)
-def test_parse_rate_refuses_with_the_accepted_units(text: str) -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_rate(text)
-    message = str(caught.value)
-    assert message.startswith(f"invalid rate {text!r}: ")
-    for unit in ("B/s", "kB/s", "MB/s", "GB/s", "KiB/s", "MiB/s", "GiB/s"):
-        assert unit in message
+def test_the_contract_rates_make_a_limit(text: str, expected: int) -> None:
+    """DESIGN.md's examples, read by the one rate parser (units.py), give the cap its rate."""
+    limit = BandwidthLimit(parse_rate(text))
+    assert limit.bytes_per_second == expected
+    assert limit.unlimited == (expected == 0)
 
 
 def test_format_rate() -> None:
