@@ -11,6 +11,9 @@ atomic and the server picks it up on the next request):
 
 * :func:`create_sample_catalog` - N exported samples plus Exporting/ExportError/Unexported;
 * :func:`add_image`, :func:`update_image`, :func:`remove_image` - edit entries;
+* :func:`add_scheduled_image` - an Exporting image that turns Exported or ExportError after
+  N listings or at a given time (``ExportedAfterListings``, ``ExportedAt``,
+  ``ErrorAfterListings``, ``ErrorAt``; see ``schedule``);
 * :func:`rewrite_object` - new content for an image (a re-export: new ETag and CRC);
 * :func:`object_path`, :func:`load_entries`, :func:`save_entries`.
 """
@@ -29,6 +32,7 @@ from typing import Any
 
 from .objects import ObjectMeta, bucket_path, key_path, store_object, write_atomically
 from .samples import sample_blocks, sample_entry
+from .schedule import SCHEDULE_FIELDS
 
 CATALOG_FILE = "catalog.json"
 DEFAULT_BUCKET = "ens-exports"
@@ -85,6 +89,7 @@ class Snapshot:
     entries: tuple[dict[str, Any], ...]
     by_id: dict[str, list[int]] = field(default_factory=dict)
     by_name: dict[str, list[int]] = field(default_factory=dict)
+    scheduled: list[dict[str, Any]] = field(default_factory=list)  # entries whose status changes
 
     @classmethod
     def of(cls, entries: Iterable[dict[str, Any]]) -> Snapshot:
@@ -94,6 +99,8 @@ class Snapshot:
                 value = entry.get(name)
                 if isinstance(value, str):
                     table.setdefault(value, []).append(index)
+            if any(name in entry for name in SCHEDULE_FIELDS):
+                snapshot.scheduled.append(entry)
         return snapshot
 
     def select(self, image_id: str | None, image_name: str | None) -> Sequence[dict[str, Any]]:
@@ -187,14 +194,15 @@ def add_image(
     bucket: str = DEFAULT_BUCKET,
     key: str | None = None,
     content: bytes | None = None,
+    write_object: bool | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """Append an image (duplicates of an ImageId are allowed) and return its entry.
 
     An Exported image gets an object (``content``, or ``size`` bytes of sample data seeded
     by the id) at ``bucket/key`` (key default ``<ImageId>.qcow2``). Other statuses get no
-    object unless ``key`` is given. ``fields`` set or (with None) drop any entry field,
-    e.g. ``ExportedImageURL="http://169.254.169.254/x"``.
+    object unless ``key`` is given or ``write_object`` is true. ``fields`` set or (with
+    None) drop any entry field, e.g. ``ExportedImageURL="http://169.254.169.254/x"``.
     """
     entries = load_entries(root)
     index = len(entries)
@@ -204,7 +212,9 @@ def add_image(
         entry = sample_entry(index, status=status, namespace="added:")
     entry["ImageId"] = image_id if image_id is not None else entry["ImageId"]
     entry["ImageName"] = name if name is not None else entry["ImageName"]
-    if status == "Exported" or key is not None:
+    if write_object is None:
+        write_object = status == "Exported" or key is not None
+    if write_object:
         entry["Bucket"] = bucket
         entry["Key"] = key if key is not None else f"{entry['ImageId']}.qcow2"
         bucket_path(root, bucket).mkdir(parents=True, exist_ok=True)
@@ -218,6 +228,26 @@ def add_image(
     entries.append(entry)
     save_entries(root, entries)
     return entry
+
+
+def add_scheduled_image(
+    root: Path,
+    *,
+    exported_after_listings: int | None = None,
+    exported_at: float | None = None,
+    error_after_listings: int | None = None,
+    error_at: float | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """An ``Exporting`` image (object already written) whose status changes by itself:
+    to Exported after N listings or at a time, or to ExportError (see ``schedule``)."""
+    schedule: dict[str, Any] = {
+        "ExportedAfterListings": exported_after_listings, "ExportedAt": exported_at,
+        "ErrorAfterListings": error_after_listings, "ErrorAt": error_at,
+    }
+    kwargs.setdefault("status", "Exporting")
+    kwargs.setdefault("write_object", True)
+    return add_image(root, **kwargs, **{k: v for k, v in schedule.items() if v is not None})
 
 
 def update_image(root: Path, image_id: str, **fields: Any) -> dict[str, Any]:

@@ -111,9 +111,12 @@ def describe_export_image_info(
     page_number = _int_param(params, "PageNumber", 1, None)
     page_size = _int_param(params, "PageSize", 10, MAX_PAGE_SIZE)
     snapshot: Snapshot = emu.catalog.snapshot()
+    if page_number == 1:
+        emu.faults.count("ens_listings")
+    listings = emu.schedule.begin(snapshot.scheduled, new_listing=page_number == 1)
     matches = snapshot.select(params.get("ImageId") or None, params.get("ImageName") or None)
     start = (page_number - 1) * page_size
-    page = matches[start : start + page_size]
+    page = [emu.schedule.effective(entry, listings) for entry in matches[start : start + page_size]]
     return {
         "Images": {"Image": [image_record(entry, emu.base_url) for entry in page]},
         "PageNumber": page_number,

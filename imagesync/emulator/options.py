@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .buckets import parse_bucket_spec
 from .objects import is_valid_bucket
 
 DEFAULT_PORT = 8790
@@ -93,7 +94,13 @@ def _data_options(data: argparse._ArgumentGroup) -> None:
     )
     data.add_argument(
         "--bucket", default="ens-exports",
-        help="bucket that generated images go to (default: %(default)s)",
+        help="bucket that generated images go to, in --region (default: %(default)s)",
+    )
+    data.add_argument(
+        "--dest-bucket", action="append", default=[], metavar="NAME[@REGION]",
+        help="an empty writable bucket to mirror into, in REGION (default: --region); "
+        "repeatable, so same-region and cross-region copies can both be rehearsed; "
+        "buckets and their regions are kept in DIR across restarts",
     )
 
 
@@ -115,6 +122,10 @@ def _service_options(net: argparse._ArgumentGroup) -> None:
         help="its secret (default: %(default)s)",
     )
     net.add_argument(
+        "--readonly-key", action="append", default=[], metavar="ID:SECRET",
+        help="a further AccessKey that may read and list but not write (repeatable)",
+    )
+    net.add_argument(
         "--public-read", action="store_true",
         help="allow anonymous object GET/HEAD (the printed config then says sign = false)",
     )
@@ -129,8 +140,10 @@ def _output_options(out: argparse._ArgumentGroup) -> None:
         help="also write the ready-to-use imagesync config to FILE (mode 0600)",
     )
     out.add_argument(
-        "--destination", default="./mirror", metavar="DIR",
-        help="destination url written into the printed config (default: %(default)s)",
+        "--destination", default="./mirror", metavar="URL",
+        help="destination url written into the printed config: a directory, or oss://BUCKET/PREFIX "
+        "for a bucket of this emulator (created if missing; oss_endpoint is then this emulator) "
+        "(default: %(default)s)",
     )
 
 
@@ -163,6 +176,15 @@ class Options:
     destination: str
     latency_ms: int
     bandwidth_bps: int
+    dest_buckets: tuple[tuple[str, str], ...] = ()
+    readonly_keys: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def destination_bucket(self) -> str | None:
+        """The bucket of an ``oss://`` destination, else None."""
+        if not self.destination.startswith("oss://"):
+            return None
+        return self.destination.removeprefix("oss://").split("/", 1)[0]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -172,6 +194,24 @@ class Options:
             raise ValueError("--images and --latency-ms must not be negative")
         if not is_valid_bucket(args.bucket):
             raise ValueError(f"--bucket {args.bucket!r} is not a valid OSS bucket name")
+        dest = []
+        for spec in args.dest_bucket:
+            try:
+                dest.append(parse_bucket_spec(spec, args.region))
+            except ValueError as exc:
+                raise ValueError(f"--dest-bucket {spec!r}: {exc}") from None
+        if args.destination.startswith("oss://"):
+            name = args.destination.removeprefix("oss://").split("/", 1)[0]
+            if not is_valid_bucket(name):
+                raise ValueError(f"--destination {args.destination!r}: {name!r} is not a valid bucket name")
+            if name != args.bucket and all(name != bucket for bucket, _ in dest):
+                dest.append((name, args.region))
+        readonly = []
+        for pair in args.readonly_key:
+            key_id, sep, secret = pair.partition(":")
+            if not sep or not key_id or not secret:
+                raise ValueError(f"--readonly-key wants ID:SECRET, not {pair!r}")
+            readonly.append((key_id, secret))
         return cls(
             root=Path(args.root),
             port=args.port,
@@ -187,6 +227,8 @@ class Options:
             destination=args.destination,
             latency_ms=args.latency_ms,
             bandwidth_bps=args.bandwidth,
+            dest_buckets=tuple(dest),
+            readonly_keys=tuple(readonly),
         )
 
 
@@ -202,12 +244,18 @@ def client_config(
     public_read: bool,
     destination: str,
 ) -> dict[str, dict[str, Any]]:
-    """The imagesync config (as TOML-ready sections) that points at an emulator."""
+    """The imagesync config (as TOML-ready sections) that points at an emulator.
+
+    An ``oss://`` destination gets ``oss_endpoint`` = the emulator (same credentials).
+    """
+    target: dict[str, Any] = {"url": destination}
+    if destination.startswith("oss://"):
+        target["oss_endpoint"] = url
     return {
         "ens": {"endpoint": url},
         "credentials": {"access_key_id": access_key_id, "access_key_secret": access_key_secret},
         "source": {"sign": not public_read, "region": region, "allow_hosts": ["127.0.0.1"]},
-        "destination": {"url": destination},
+        "destination": target,
         "transfer": {"concurrency": 4},
     }
 

@@ -45,8 +45,9 @@ def _v1_refused() -> OssError:
     )
 
 
-def authenticate(emu: Emulator, req: Request, bucket: str, key: str) -> None:
-    """Return if the request may proceed; raise :class:`OssError` otherwise."""
+def authenticate(emu: Emulator, req: Request, bucket: str, key: str) -> str | None:
+    """The AccessKey id of a request that may proceed (None: anonymous, allowed by
+    ``--public-read``); raise :class:`OssError` otherwise."""
     authorization = req.headers.get("authorization")
     query = req.query
     if authorization is not None:
@@ -73,13 +74,13 @@ def _parse_date(value: str) -> float:
         raise _invalid(f"x-oss-date {value!r} is not yyyymmddTHHMMSSZ.") from None
 
 
-def _check_scope(emu: Emulator, credential: str, date_time: str) -> str:
-    """Check ``AK/date/region/oss/aliyun_v4_request``; return the region."""
+def _check_scope(emu: Emulator, bucket: str, credential: str, date_time: str) -> tuple[str, str]:
+    """Check ``AK/date/region/oss/aliyun_v4_request``; return the AccessKey id and region."""
     parts = credential.split("/")
     if len(parts) != 5 or parts[3] != "oss" or parts[4] != "aliyun_v4_request":
         raise _invalid(f"Invalid credential {credential!r} (want AK/date/region/oss/aliyun_v4_request).")
     access_key_id, date, region = parts[0], parts[1], parts[2]
-    if access_key_id != emu.access_key_id:
+    if emu.secret_of(access_key_id) is None:
         raise OssError(
             403, "InvalidAccessKeyId",
             "The OSS Access Key Id you provided does not exist in our records.",
@@ -87,32 +88,35 @@ def _check_scope(emu: Emulator, credential: str, date_time: str) -> str:
         )
     if date != date_time[:8]:
         raise _invalid(f"The credential date {date} is not the date of x-oss-date {date_time}.")
-    if region != emu.region:
+    bucket_region = emu.buckets.region(bucket) if bucket else emu.region
+    if region != bucket_region:
         raise _invalid(
-            f"Invalid signing region in the credential: {region!r}; this bucket is in {emu.region!r}."
+            f"Invalid signing region in the credential: {region!r}; this bucket is in {bucket_region!r}."
         )
-    return region
+    return access_key_id, region
 
 
 def _check_signature(
-    emu: Emulator, req: Request, bucket: str, key: str, *, date_time: str, region: str,
-    query: dict[str, str], additional: list[str], signature: str,
-) -> None:
+    emu: Emulator, req: Request, bucket: str, key: str, *, access_key_id: str, date_time: str,
+    region: str, query: dict[str, str], additional: list[str], signature: str,
+) -> str:
     canonical = signing.oss4_canonical_request(
         req.method, bucket, key, query, req.headers, additional
     )
-    expected = signing.oss4_signature(emu.access_key_secret, date_time, region, canonical)
+    secret = emu.secret_of(access_key_id) or ""
+    expected = signing.oss4_signature(secret, date_time, region, canonical)
     if not hmac.compare_digest(expected, signature.lower()):
         raise OssError(
             403, "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided. "
             "Check your key and signing method.",
-            {"CanonicalRequest": canonical, "OSSAccessKeyId": emu.access_key_id},
+            {"CanonicalRequest": canonical, "OSSAccessKeyId": access_key_id},
             ec="0002-00000040",
         )
+    return access_key_id
 
 
-def _verify_header(emu: Emulator, req: Request, bucket: str, key: str, authorization: str) -> None:
+def _verify_header(emu: Emulator, req: Request, bucket: str, key: str, authorization: str) -> str:
     fields = {}
     for part in authorization[len(signing.OSS4_ALGORITHM) :].split(","):
         name, sep, value = part.strip().partition("=")
@@ -126,7 +130,7 @@ def _verify_header(emu: Emulator, req: Request, bucket: str, key: str, authoriza
     if req.headers.get("x-oss-content-sha256") is None:
         raise _invalid("Signature V4 needs the x-oss-content-sha256 header (UNSIGNED-PAYLOAD).")
     when = _parse_date(date_time)
-    region = _check_scope(emu, fields["Credential"], date_time)
+    access_key_id, region = _check_scope(emu, bucket, fields["Credential"], date_time)
     if abs(emu.now() - when) > CLOCK_SKEW_S:
         raise OssError(
             403, "RequestTimeTooSkewed",
@@ -134,13 +138,13 @@ def _verify_header(emu: Emulator, req: Request, bucket: str, key: str, authoriza
             {"RequestTime": date_time},
         )
     additional = [h for h in fields.get("AdditionalHeaders", "").split(";") if h]
-    _check_signature(
-        emu, req, bucket, key, date_time=date_time, region=region, query=dict(req.query),
-        additional=additional, signature=fields["Signature"],
+    return _check_signature(
+        emu, req, bucket, key, access_key_id=access_key_id, date_time=date_time, region=region,
+        query=dict(req.query), additional=additional, signature=fields["Signature"],
     )
 
 
-def _verify_presigned(emu: Emulator, req: Request, bucket: str, key: str) -> None:
+def _verify_presigned(emu: Emulator, req: Request, bucket: str, key: str) -> str:
     query = dict(req.query)
     if query.get("x-oss-signature-version") != signing.OSS4_ALGORITHM:
         raise _invalid(f"x-oss-signature-version must be {signing.OSS4_ALGORITHM}.")
@@ -155,7 +159,7 @@ def _verify_presigned(emu: Emulator, req: Request, bucket: str, key: str) -> Non
         expires = -1
     if not 1 <= expires <= MAX_PRESIGN_EXPIRES_S:
         raise _invalid(f"x-oss-expires must be 1..{MAX_PRESIGN_EXPIRES_S} seconds.")
-    region = _check_scope(emu, query["x-oss-credential"], date_time)
+    access_key_id, region = _check_scope(emu, bucket, query["x-oss-credential"], date_time)
     now = emu.now()
     if now > when + expires:
         raise OssError(
@@ -168,7 +172,7 @@ def _verify_presigned(emu: Emulator, req: Request, bucket: str, key: str) -> Non
         raise OssError(403, "AccessDenied", "Request is not valid yet: x-oss-date is in the future.")
     signature = query.pop("x-oss-signature")
     additional = [h for h in query.get("x-oss-additional-headers", "").split(";") if h]
-    _check_signature(
-        emu, req, bucket, key, date_time=date_time, region=region, query=query,
-        additional=additional, signature=signature,
+    return _check_signature(
+        emu, req, bucket, key, access_key_id=access_key_id, date_time=date_time, region=region,
+        query=query, additional=additional, signature=signature,
     )

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from .buckets import Buckets
 from .catalog import Catalog, catalog_path, create_sample_catalog
 from .faults import Faults, FaultState
-from .objects import ObjectStore, bucket_path
+from .multipart_store import UploadStore
+from .objects import ObjectStore
 from .options import Options, client_config, render_toml
+from .schedule import ExportSchedule
 from .server import EmulatorHTTPServer, Handler
 from .state import Emulator, NonceCache
 
@@ -37,8 +40,11 @@ def _error(message: str) -> None:
 
 
 def prepare_root(options: Options) -> None:
-    """Create the layout; on a root without catalog, generate the sample images."""
-    bucket_path(options.root, options.bucket).mkdir(parents=True, exist_ok=True)
+    """Create the layout and buckets; on a root without catalog, generate the samples."""
+    buckets = Buckets(options.root, options.region)
+    buckets.create(options.bucket, options.region)
+    for name, region in options.dest_buckets:
+        buckets.create(name, region)
     if catalog_path(options.root).exists():
         return
     started = time.monotonic()
@@ -75,6 +81,10 @@ def build_emulator(options: Options, port: int) -> Emulator:
         objects=ObjectStore(options.root),
         faults=Faults(baseline),
         nonces=NonceCache(),
+        buckets=Buckets(options.root, options.region),
+        uploads=UploadStore(options.root),
+        schedule=ExportSchedule(),
+        readonly_keys=dict(options.readonly_keys),
     )
 
 

@@ -1,13 +1,12 @@
 """The HTTP server: one loopback port, ENS at ``/``, control at ``/_emulator/``, OSS elsewhere.
 
 ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive, one daemon thread per connection.
-Object bodies go out with ``sendfile`` unless a fault alters them (drop, corruption,
-bandwidth cap); then they are read and written in chunks of up to 1 MiB.
+Object bodies go out through :mod:`.bodies` (``sendfile`` unless a fault alters them).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import socket
 import sys
 import time
@@ -16,11 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import control, ens_api, oss_api
+from . import bodies, control, ens_api, oss_api
+from .oss_api import change_object
 from .state import Emulator
-from .wire import MAX_SMALL_BODY, ObjectBody, Request, Response, json_response, parse_query
-
-CHUNK_SIZE = 1 << 20
+from .wire import CloseConnection, ObjectBody, Request, Response, json_response, parse_query
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
@@ -109,15 +107,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             response = route(self.server.emulator, req)
+        except CloseConnection:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        except ConnectionError:
+            self.close_connection = True  # the client went away mid-body
+            return
         except Exception:
             traceback.print_exc()
             response = json_response(500, {"Code": "InternalError", "Message": "emulator bug"})
         try:
             if not req.body_consumed:
-                if req.content_length <= MAX_SMALL_BODY:
-                    req.body()
-                else:
-                    self.close_connection = True
+                req.drain()  # an early answer (an error) still lets the client finish sending
             self._send(req, response)
         except OSError:
             self.close_connection = True  # the client went away mid-answer
@@ -142,50 +145,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     def _send_object(self, body: ObjectBody) -> None:
-        faults = self.server.emulator.faults
-        if body.faults.alters_body:
-            sent = self._send_chunks(body)
-        else:
-            epoch = faults.add_bytes(body.key, body.length)
-            body.file.seek(body.start)  # sendfile leaves the position after the last byte sent
-            try:
-                sent = self.connection.sendfile(body.file, body.start, body.length) if body.length else 0
-            except OSError:
-                faults.add_bytes(body.key, body.file.tell() - body.start - body.length, epoch)
-                raise
-            if sent < body.length:
-                faults.add_bytes(body.key, sent - body.length, epoch)
-        if sent < body.length:  # dropped on purpose, or the file shrank under us
+        emu = self.server.emulator
+        sent = bodies.send_object(
+            self.connection, self.wfile, body, emu.faults, lambda b, k: change_object(emu, b, k)
+        )
+        if sent < body.length or body.faults.extra_bytes:  # cut on purpose, or the file shrank
             self.close_connection = True
+            self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
-
-    def _send_chunks(self, body: ObjectBody) -> int:
-        """Write the body in chunks, corrupting, pacing or cutting it as the faults say."""
-        faults, stats = body.faults, self.server.emulator.faults
-        limit = body.length if faults.drop_after is None else min(body.length, faults.drop_after)
-        rate = faults.bandwidth_bps
-        chunk = CHUNK_SIZE if rate <= 0 else max(16 << 10, min(CHUNK_SIZE, rate // 20))
-        fd = body.file.fileno()
-        started = time.monotonic()
-        sent = 0
-        while sent < limit:
-            data = os.pread(fd, min(chunk, limit - sent), body.start + sent)
-            if not data:
-                break
-            corrupt = faults.corrupt_at
-            if corrupt is not None and sent <= corrupt < sent + len(data):
-                flipped = bytearray(data)
-                flipped[corrupt - sent] ^= 0xFF
-                data = bytes(flipped)
-            epoch = stats.add_bytes(body.key, len(data))
-            try:
-                self.wfile.write(data)
-            except OSError:
-                stats.add_bytes(body.key, -len(data), epoch)
-                raise
-            sent += len(data)
-            if rate > 0:
-                ahead = started + sent / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-        return sent

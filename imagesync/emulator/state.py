@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .buckets import Buckets
 from .catalog import Catalog
 from .faults import Faults
+from .multipart_store import UploadStore
 from .objects import ObjectStore
+from .schedule import ExportSchedule
 
 CLOCK_SKEW_S = 15 * 60
 
@@ -52,6 +55,19 @@ class Emulator:
     objects: ObjectStore
     faults: Faults
     nonces: NonceCache
+    buckets: Buckets
+    uploads: UploadStore
+    schedule: ExportSchedule
+    readonly_keys: dict[str, str] = field(default_factory=dict)  # id -> secret, read only
+
+    def secret_of(self, access_key_id: str) -> str | None:
+        """The secret of a known AccessKey id (the main one or a read-only one)."""
+        if access_key_id == self.access_key_id:
+            return self.access_key_secret
+        return self.readonly_keys.get(access_key_id)
+
+    def may_write(self, access_key_id: str | None) -> bool:
+        return access_key_id == self.access_key_id
 
     @property
     def host_id(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl
@@ -23,6 +23,10 @@ MAX_SMALL_BODY = 1 << 20
 
 class BodyTooLarge(Exception):
     """A request body over the limit for an API that reads bodies into memory."""
+
+
+class CloseConnection(Exception):
+    """Raised by an API to make the server drop the connection without answering."""
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -50,6 +54,7 @@ class Request:
     content_length: int
     read: Callable[[int], bytes]
     _body: bytes | None = None
+    _streamed: int = 0
 
     def body(self, limit: int = MAX_SMALL_BODY) -> bytes:
         if self._body is None:
@@ -58,9 +63,28 @@ class Request:
             self._body = self.read(self.content_length) if self.content_length else b""
         return self._body
 
+    def stream(self, chunk_size: int = 1 << 20, limit: int | None = None) -> Iterator[bytes]:
+        """The body in chunks, read from the socket as the caller goes (for big PUTs);
+        at most ``limit`` bytes. A short read (client gone) raises ConnectionError."""
+        if self._body is not None:
+            raise RuntimeError("the body was already read")
+        end = self.content_length if limit is None else min(limit, self.content_length)
+        while self._streamed < end:
+            data = self.read(min(chunk_size, end - self._streamed))
+            if not data:
+                raise ConnectionError("the client sent less than its Content-Length")
+            self._streamed += len(data)
+            yield data
+
+    def drain(self) -> None:
+        """Read and discard what is left of the body."""
+        if self._body is None:
+            for _ in self.stream():
+                pass
+
     @property
     def body_consumed(self) -> bool:
-        return self._body is not None or self.content_length == 0
+        return self._body is not None or self.content_length == self._streamed
 
 
 @dataclass(kw_only=True, slots=True)
@@ -75,6 +99,7 @@ class ObjectBody:
     length: int
     key: str
     faults: BodyFaults = field(default_factory=BodyFaults)
+    bucket: str = ""
 
 
 @dataclass(kw_only=True, slots=True)
