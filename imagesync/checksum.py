@@ -7,8 +7,9 @@ release the GIL on large buffers, so callers feed them from a worker thread.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from pathlib import Path
+import os
 
 import fastcrc
 
@@ -24,19 +25,27 @@ def crc64(data: Buffer, initial: int | None = None) -> int:
 
 
 class Digest:
-    """CRC-64 and sha256 of everything passed to `update`, in order."""
+    """CRC-64 and sha256 (and MD5 when asked for) of everything passed to `update`, in order."""
 
-    __slots__ = ("_crc64", "_sha256", "size")
+    __slots__ = ("_crc64", "_md5", "_sha256", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, *, md5: bool = False) -> None:
         self._crc64: int | None = None
         self._sha256 = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.size = 0
 
     def update(self, data: Buffer) -> None:
         self._crc64 = crc64(data, self._crc64)
         self._sha256.update(data)
+        if self._md5 is not None:
+            self._md5.update(data)
         self.size += memoryview(data).nbytes
+
+    @property
+    def md5_base64(self) -> str | None:
+        """The MD5 as OSS's Content-MD5 header gives it (Base64 of the binary digest)."""
+        return base64.b64encode(self._md5.digest()).decode() if self._md5 is not None else None
 
     @property
     def crc64(self) -> int:
@@ -47,12 +56,11 @@ class Digest:
         return self._sha256.hexdigest()
 
 
-def digest_file(path: Path, limit: int | None = None) -> Digest:
-    """Hash the first ``limit`` bytes of ``path`` (all of it when None). Blocking."""
-    digest = Digest()
-    buffer = bytearray(READ_SIZE)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as file:
+def digest_fd(fd: int, limit: int | None = None, *, md5: bool = False) -> Digest:
+    """Hash the first ``limit`` bytes of the open file (all of it when None), then close it. Blocking."""
+    digest = Digest(md5=md5)
+    view = memoryview(bytearray(READ_SIZE))
+    with os.fdopen(fd, "rb", buffering=0) as file:
         while limit is None or digest.size < limit:
             want = READ_SIZE if limit is None else min(READ_SIZE, limit - digest.size)
             count = file.readinto(view[:want])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,8 @@ from .ens import ExportedImage, open_ens_client
 from .errors import EXIT_IMAGE_FAILED, EXIT_SIGINT, ImagesyncError, Interrupted
 from .progress import printable
 from .summary import plan_json, plan_lines, summary_json, summary_lines
-from .sync import RunOptions, run_sync
+from .sync import RunOptions, open_destination, run_sync
+from .verify import Result as VerifyResult
 from .verify import verify_mirror
 
 log = logging.getLogger("imagesync")
@@ -34,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
+    except BrokenPipeError:
+        return _closed_stdout()
     except (Exception, KeyboardInterrupt, BaseExceptionGroup) as raised:
         error = _first_imagesync_error(raised)
         if error is None:  # a bug: one line for cron, the traceback with -v
@@ -101,10 +107,45 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("imagesync: %(message)s"))
+    handler.setFormatter(_STDERR)
+    _STDERR.timestamps = not sys.stderr.isatty()
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+class _LineFormatter(logging.Formatter):
+    """The one boundary every stderr line crosses: escaped (server text never drives the
+    terminal), one line, and with an ISO-8601 timestamp when nobody is watching live."""
+
+    timestamps = False
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.line(f"imagesync: {record.getMessage()}")
+
+    def line(self, text: str) -> str:
+        if self.timestamps:
+            return f"{datetime.now().astimezone().isoformat(timespec='seconds')} {printable(text)}"
+        return printable(text)
+
+
+_STDERR = _LineFormatter()
+
+
+def _print_lines(lines: Sequence[str], *, to_stderr: bool = False) -> None:
+    """Human output, escaped line by line (and timestamped on stderr without a terminal)."""
+    for line in lines:
+        if to_stderr:
+            print(_STDERR.line(line), file=sys.stderr)
+        else:
+            print(printable(line))
+
+
+def _closed_stdout() -> int:
+    """Whoever read our output stopped (``imagesync list | head -1``): end quietly, as cat does."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for cat
 
 
 def _first_imagesync_error(raised: BaseException) -> ImagesyncError | None:
@@ -134,14 +175,14 @@ def _sync_command(args: argparse.Namespace) -> int:
     credentials = resolve_credentials(config.credentials)
     options = RunOptions(dry_run=args.dry_run, progress=args.progress, quiet=args.quiet)
     result = trio.run(run_sync, config, credentials, options)
-    document = plan_json(result.plan) if result.dry_run else summary_json(result)
+    document = plan_json(result) if result.dry_run else summary_json(result)
     if args.json:
         print(json.dumps(document, indent=2))
-    lines = plan_lines(result.plan) if result.dry_run else summary_lines(result)
+    lines = plan_lines(result) if result.dry_run else summary_lines(result)
     if result.dry_run and not args.json:
-        print("\n".join(lines))
+        _print_lines(lines)
     elif not (args.quiet and result.exit_code == 0):
-        print("\n".join(lines), file=sys.stderr)
+        _print_lines(lines, to_stderr=True)
     return result.exit_code
 
 
@@ -150,15 +191,16 @@ def _sync_command(args: argparse.Namespace) -> int:
 
 def _verify_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    root = Path(config.destination.url).expanduser()
-    verdicts = trio.run(verify_mirror, root, config.transfer.concurrency)
-    bad = [v for v in verdicts if v.result != "ok"]
+    with contextlib.closing(open_destination(config)) as destination:
+        verdicts = trio.run(verify_mirror, destination, config.transfer.concurrency)
+    bad = [v for v in verdicts if v.result is not VerifyResult.OK]
     if args.json:
         print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2))
     for verdict in bad:
         log.error("%s %s: %s", verdict.result, verdict.image_id, verdict.reason)
     if not args.quiet or bad:
-        print(f"{len(verdicts) - len(bad)} of {len(verdicts)} mirrored images verified", file=sys.stderr)
+        (log.error if bad else log.info)("%d of %d mirrored images verified", len(verdicts) - len(bad),
+                                         len(verdicts))
     return EXIT_IMAGE_FAILED if bad else 0
 
 
@@ -196,15 +238,15 @@ def _image_json(image: ExportedImage) -> dict[str, Any]:
 def _print_table(images: list[ExportedImage]) -> None:
     headings = ("ID", "NAME", "STATUS", "PLATFORM", "ARCH", "CREATED", "URL")
     rows = [
-        (i.image_id, printable(i.image_name), i.status, i.platform, i.architecture,
-         i.creation_time, i.public_url or "-")
+        tuple(printable(cell) for cell in (i.image_id, i.image_name, i.status, i.platform,
+                                           i.architecture, i.creation_time, i.public_url or "-"))
         for i in images
     ]
     widths = [max([len(h)] + [len(r[n]) for r in rows]) for n, h in enumerate(headings)]
     for row in [headings, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     counts = Counter(image.status for image in images)
-    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    summary = ", ".join(f"{count} {printable(status)}" for status, count in sorted(counts.items()))
     print(f"\n{len(images)} images: {summary}" if images else "no images")
 
 

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from .durable import destination_error, fsync_directory, replace_file, write_all
+from . import killpoints
+from .destination import ManifestStore
 from .errors import DestinationError
 
-MANIFEST_NAME = "manifest.json"
-SUMS_NAME = "SHA256SUMS"
-JOURNAL_NAME = "manifest.journal"
 VERSION = 1
 
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -36,7 +33,14 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DECIMAL = re.compile(r"[0-9]{1,20}")
 _UNENCODABLE = re.compile("[\ud800-\udfff]")
 _FIELDS = ("image_id", "image_name", "architecture", "platform", "creation_time", "source_url",
-           "source_etag", "size", "crc64ecma", "sha256", "path", "mirrored_at")
+           "source_etag", "size", "crc64ecma", "sha256", "verified", "path", "mirrored_at")
+# How an image was verified (contract): against OSS's CRC-64, its Content-MD5, nothing but the
+# size (never called verified), or by OSS itself in a server-side copy (sha256 null unless read back).
+VERIFIED_CRC64 = "crc64+sha256"
+VERIFIED_MD5 = "md5+sha256"
+SIZE_ONLY = "size-only"
+VERIFIED_SERVER_SIDE = "crc64-server-side"
+VERIFICATIONS = (VERIFIED_CRC64, VERIFIED_MD5, SIZE_ONLY, VERIFIED_SERVER_SIDE)
 
 
 def format_time(when: datetime | str) -> str:
@@ -63,9 +67,10 @@ class ManifestEntry:
     source_etag: str
     size: int
     crc64ecma: str
-    sha256: str
+    sha256: str | None  # None only for a server-side copy that was not read back
     path: str
     mirrored_at: str
+    verified: str = VERIFIED_CRC64
     missing_since: str | None = None
 
     def __post_init__(self) -> None:
@@ -73,7 +78,8 @@ class ManifestEntry:
         # No query, fragment or user info: nothing that could carry a credential is kept.
         public = url._replace(netloc=url.netloc.rpartition("@")[2], query="", fragment="")
         object.__setattr__(self, "source_url", public.geturl())
-        object.__setattr__(self, "sha256", self.sha256.lower())
+        if self.sha256 is not None:
+            object.__setattr__(self, "sha256", self.sha256.lower())
         problem = _problem(self)
         if problem:
             raise ValueError(problem)
@@ -92,11 +98,12 @@ class ManifestEntry:
         if isinstance(data.get("image_id"), str):
             where = f"{where} (image {data['image_id']})"
         values: dict[str, Any] = {name: data.get(name) for name in (*_FIELDS, "missing_since")}
+        values["verified"] = data.get("verified", VERIFIED_CRC64)  # manifests before it was recorded
         for name, value in values.items():
             if name == "size":
                 ok, expected = type(value) is int, "an integer"
             else:
-                ok = isinstance(value, str) or (name == "missing_since" and value is None)
+                ok = isinstance(value, str) or (name in ("missing_since", "sha256") and value is None)
                 expected = "a string"
             if not ok:
                 got = "missing" if value is None else repr(value)
@@ -116,7 +123,12 @@ def _problem(entry: ManifestEntry) -> str | None:
         (entry.size >= 0, f"size is {entry.size}, expected a byte count"),
         (bool(_DECIMAL.fullmatch(entry.crc64ecma)) and int(entry.crc64ecma) < 2**64,
          f"crc64ecma is {entry.crc64ecma!r}, expected a 64-bit decimal number"),
-        (bool(_SHA256.fullmatch(entry.sha256)), f"sha256 is {entry.sha256!r}, expected 64 hex digits"),
+        (entry.sha256 is None or bool(_SHA256.fullmatch(entry.sha256)),
+         f"sha256 is {entry.sha256!r}, expected 64 hex digits"),
+        (entry.verified in VERIFICATIONS,
+         f"verified is {entry.verified!r}, expected one of {', '.join(VERIFICATIONS)}"),
+        (entry.sha256 is not None or entry.verified == VERIFIED_SERVER_SIDE,
+         "sha256 is missing, which only a server-side copy may leave out"),
         (_is_relative(entry.path), f"path {entry.path!r} is not a plain relative path"),
         (bool(_TIME.fullmatch(entry.mirrored_at)), f"mirrored_at is {entry.mirrored_at!r}, {times}"),
         (entry.missing_since is None or bool(_TIME.fullmatch(entry.missing_since)),
@@ -139,16 +151,18 @@ class Manifest:
     updated_at: str | None = None
 
     @classmethod
-    def load(cls, root: Path) -> Manifest:
-        """The manifest under `root` with its journal replayed; empty if there is none."""
+    def load(cls, store: ManifestStore | None) -> Manifest:
+        """The manifest in `store` with its journal replayed; empty if there is none (or no store)."""
         entries: dict[str, ManifestEntry] = {}
         updated_at = None
-        raw = _read_optional(root / MANIFEST_NAME)
+        if store is None:
+            return cls(MappingProxyType(entries), updated_at)
+        raw = store.read_manifest()
         if raw is not None:
-            updated_at, entries = _parse_document(raw, root / MANIFEST_NAME)
-        journal = _read_optional(root / JOURNAL_NAME)
+            updated_at, entries = _parse_document(raw, store.where)
+        journal = store.read_journal()
         if journal:
-            _replay(journal, entries, root / JOURNAL_NAME)
+            _replay(journal, entries, store.journal_where)
         return cls(MappingProxyType(entries), updated_at)
 
     def get(self, image_id: str) -> ManifestEntry | None:
@@ -172,6 +186,8 @@ def render_sha256sums(entries: Iterable[ManifestEntry]) -> bytes:
     """
     lines = []
     for entry in sorted(entries, key=lambda entry: entry.path):
+        if entry.sha256 is None:
+            continue
         name = entry.path
         if any(char in name for char in "\\\n\r"):
             name = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
@@ -184,32 +200,26 @@ def render_sha256sums(entries: Iterable[ManifestEntry]) -> bytes:
 class ManifestWriter:
     """Records verified images durably in O(1) each; compacts every `compact_interval_s`.
 
-    `manifest` must be what `Manifest.load(root)` returned. Call `close` at the end.
+    `manifest` must be what `Manifest.load(store)` returned. Call `close` at the end.
     """
 
     def __init__(
         self,
         manifest: Manifest,
-        root: Path,
+        store: ManifestStore,
         *,
         compact_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.compactions = 0  # how many times manifest.json was rewritten
-        self._root = root
-        self._journal = root / JOURNAL_NAME
+        self._store = store
         self._entries = dict(manifest.entries)
         self._interval_s = compact_interval_s
         self._clock = clock
         self._last_compaction = clock()
-        self._fd: int | None = None
-        self._journal_size = 0
         self._dirty = False
         self._closed = False
-        _remove_temporaries(root)
-        leftover = _read_optional(self._journal)
-        if leftover:  # an earlier run stopped before compacting: fold its journal in first
-            _replay(leftover, self._entries, self._journal)
+        if store.read_journal():  # an earlier run stopped before compacting: fold it in first
             self.compact()
 
     @property
@@ -231,23 +241,14 @@ class ManifestWriter:
         self._mark(image_ids, None)
 
     def compact(self) -> None:
-        """Rewrite manifest.json and SHA256SUMS atomically, then empty the journal."""
+        """Publish manifest.json and SHA256SUMS atomically, then empty the journal."""
         self._check_open()
         entries = list(self._entries.values())
-        replace_file(self._root / MANIFEST_NAME,
-                     render_manifest(entries, format_time(datetime.now(UTC))))
-        replace_file(self._root / SUMS_NAME, render_sha256sums(entries))
-        try:
-            fsync_directory(self._root)  # both renames are durable before the journal goes
-            if self._fd is None:
-                self._journal.unlink(missing_ok=True)
-                fsync_directory(self._root)
-            else:
-                os.ftruncate(self._fd, 0)
-                os.fsync(self._fd)
-        except OSError as error:
-            raise destination_error(f"cannot empty {self._journal}", error) from None
-        self._journal_size = 0
+        killpoints.reached("compaction")
+        self._store.publish(render_manifest(entries, format_time(datetime.now(UTC))),
+                            render_sha256sums(entries))
+        killpoints.reached("after-publish")
+        self._store.clear_journal()
         self._dirty = False
         self._last_compaction = self._clock()
         self.compactions += 1
@@ -259,14 +260,9 @@ class ManifestWriter:
         try:
             if self._dirty:
                 self.compact()
-            self._journal.unlink(missing_ok=True)
-        except OSError as error:
-            raise destination_error(f"cannot remove {self._journal}", error) from None
+            self._store.remove_journal()
         finally:
             self._closed = True
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -287,35 +283,11 @@ class ManifestWriter:
 
     def _append(self, op: dict[str, Any]) -> None:
         self._check_open()
-        line = (json.dumps(op, separators=(",", ":")) + "\n").encode()
-        try:
-            if self._fd is None:
-                created = not self._journal.exists()
-                self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                self._journal_size = os.fstat(self._fd).st_size
-                if created:
-                    fsync_directory(self._root)
-            write_all(self._fd, line)
-            os.fsync(self._fd)
-        except OSError as error:
-            if self._fd is not None:  # cut a half-written line, so the next one stays whole
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self._journal_size)
-            raise destination_error(f"cannot append to {self._journal}", error) from None
-        self._journal_size += len(line)
+        self._store.append_journal((json.dumps(op, separators=(",", ":")) + "\n").encode())
         self._dirty = True
 
 
-def _read_optional(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise destination_error(f"cannot read {path}", error) from None
-
-
-def _parse_document(raw: bytes, path: Path) -> tuple[str | None, dict[str, ManifestEntry]]:
+def _parse_document(raw: bytes, path: str) -> tuple[str | None, dict[str, ManifestEntry]]:
     hint = "restore it from a backup or repair it by hand"
     try:
         document = json.loads(raw.decode("utf-8-sig"))
@@ -340,7 +312,7 @@ def _parse_document(raw: bytes, path: Path) -> tuple[str | None, dict[str, Manif
     return (updated_at if isinstance(updated_at, str) else None), entries
 
 
-def _replay(raw: bytes, entries: dict[str, ManifestEntry], path: Path) -> None:
+def _replay(raw: bytes, entries: dict[str, ManifestEntry], path: str) -> None:
     """Apply the journal's lines to `entries`; a torn last line (a crash mid-write) is ignored."""
     *lines, torn = raw.split(b"\n")
     for number, line in enumerate(lines, 1):
@@ -374,11 +346,3 @@ def _set_missing(entries: dict[str, ManifestEntry], ids: Iterable[str], since: s
         entry = entries.get(image_id)
         if entry is not None and (since is None or entry.missing_since is None):
             entries[image_id] = replace(entry, missing_since=since)
-
-
-def _remove_temporaries(root: Path) -> None:
-    """Temporary files a crash left behind during a compaction."""
-    with contextlib.suppress(OSError):
-        for path in root.iterdir():
-            if path.name.startswith((f".{MANIFEST_NAME}.tmp-", f".{SUMS_NAME}.tmp-")):
-                path.unlink(missing_ok=True)

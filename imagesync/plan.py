@@ -15,13 +15,14 @@ from pathlib import PurePosixPath
 
 import trio
 
+from . import killpoints
 from .config import FilterConfig
+from .destination import Destination, Mirrored, PartialState
 from .ens import ExportedImage
 from .errors import DestinationError, TransferError
 from .layout import assign_paths
 from .manifest import Manifest, ManifestEntry
 from .retry import RetryPolicy
-from .sinks.local import LocalSink, PartialState
 from .source import ObjectInfo, ObjectSource, TransientError
 
 EXPORTED = "Exported"
@@ -48,6 +49,9 @@ class PlannedImage:
     info: ObjectInfo | None = None
     partial_bytes: int = 0
     source: ObjectSource | None = None
+    # Hash the file under the final name first: kept if it is already the object (a disk seeded
+    # by hand, or a crash between the rename of a download or replacement and its record).
+    check_existing: bool = False
 
     @property
     def bytes_to_transfer(self) -> int:
@@ -72,7 +76,7 @@ class Plan:
     items: list[PlannedImage]
     selection: Selection
     missing: list[ManifestEntry]  # mirrored earlier, no longer listed by the API
-    free_bytes: int
+    free_bytes: int | None  # None where the destination has no such limit
 
     @property
     def transfers(self) -> list[PlannedImage]:
@@ -84,7 +88,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.bytes_to_transfer <= self.free_bytes
+        return self.free_bytes is None or self.bytes_to_transfer <= self.free_bytes
 
 
 def select(images: Sequence[ExportedImage], filters: FilterConfig) -> Selection:
@@ -115,7 +119,7 @@ async def make_plan(
     selection: Selection,
     *,
     manifest: Manifest,
-    sink: LocalSink,
+    destination: Destination,
     template: str,
     make_source: Callable[[ExportedImage], ObjectSource],
     concurrency: int,
@@ -128,7 +132,7 @@ async def make_plan(
     async def plan_one(image: ExportedImage) -> None:
         async with limiter:
             items[image.image_id] = await _plan_image(
-                image, paths[image.image_id], manifest.get(image.image_id), sink, make_source, retry
+                image, paths[image.image_id], manifest.get(image.image_id), destination, make_source, retry
             )
 
     async with trio.open_nursery() as nursery:
@@ -136,7 +140,7 @@ async def make_plan(
             nursery.start_soon(plan_one, image)
     listed = {image.image_id for image in images}
     missing = [entry for image_id, entry in sorted(manifest.entries.items()) if image_id not in listed]
-    free = await trio.to_thread.run_sync(sink.free_bytes)
+    free = await trio.to_thread.run_sync(destination.free_bytes)
     ordered = [items[image.image_id] for image in selection.selected]
     return Plan(items=ordered, selection=selection, missing=missing, free_bytes=free)
 
@@ -145,26 +149,29 @@ async def _plan_image(
     image: ExportedImage,
     path: PurePosixPath,
     entry: ManifestEntry | None,
-    sink: LocalSink,
+    destination: Destination,
     make_source: Callable[[ExportedImage], ObjectSource],
     retry: RetryPolicy,
 ) -> PlannedImage:
     try:
         source = make_source(image)
         info = await _head(source, retry)
-        final_size, (state, on_disk) = await trio.to_thread.run_sync(
-            lambda: (sink.final_size(path), sink.partial(path).read_state())
+        mirrored, (state, on_disk) = await trio.to_thread.run_sync(
+            lambda: (destination.stat(path), destination.partial(path).read_state())
         )
     except (TransferError, DestinationError) as error:
         return PlannedImage(image=image, path=path, action=Action.FAIL, reason=str(error))
-    action, reason, partial_bytes = _decide(entry, info, final_size, state, on_disk,
-                                                 source.location.public_url)
+    action, reason, partial_bytes = _decide(entry, info, mirrored, state, on_disk,
+                                            source.location.public_url)
+    check_existing = (action in (Action.ADOPT, Action.REPLACE) and mirrored is not None
+                      and mirrored.size == info.size and info.crc64ecma is not None)
     return PlannedImage(image=image, path=path, action=action, reason=reason, info=info,
-                        partial_bytes=partial_bytes, source=source)
+                        partial_bytes=partial_bytes, source=source, check_existing=check_existing)
 
 
-def _decide(entry: ManifestEntry | None, info: ObjectInfo, final_size: int | None,
+def _decide(entry: ManifestEntry | None, info: ObjectInfo, mirrored: Mirrored | None,
             state: PartialState | None, on_disk: int, public_url: str) -> tuple[Action, str, int]:
+    final_size = mirrored.size if mirrored else None
     unchanged = entry is not None and entry.source_etag == info.etag and entry.size == info.size
     if unchanged and final_size == info.size:
         return Action.SKIP, "mirrored, source unchanged", 0
@@ -185,6 +192,7 @@ def _decide(entry: ManifestEntry | None, info: ObjectInfo, final_size: int | Non
 async def _head(source: ObjectSource, retry: RetryPolicy) -> ObjectInfo:
     for attempt in range(1, retry.max_attempts + 1):
         try:
+            killpoints.reached("plan-head")
             return await source.head()
         except TransientError:
             if attempt == retry.max_attempts:

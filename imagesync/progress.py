@@ -34,13 +34,13 @@ class LogProgress:
 
     def start(self, image_id: str, name: str, size: int, already: int) -> None:
         resumed = f", resuming at {format_bytes(already)}" if already else ""
-        log.info("start %s (%s, %s%s)", printable(image_id), printable(name), format_bytes(size), resumed)
+        log.info("start %s (%s, %s%s)", image_id, name, format_bytes(size), resumed)
 
     def advance(self, image_id: str, count: int) -> None:
         pass
 
     def finish(self, image_id: str, line: str, ok: bool) -> None:
-        (log.info if ok else log.error)("%s", printable(line))
+        (log.info if ok else log.error)("%s", line)
 
     def close(self) -> None:
         pass

@@ -9,21 +9,22 @@ the nursery and partial files stay for the next run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
 import trio
 
-from .checksum import digest_file
+from . import killpoints
 from .config import Config
 from .credentials import Credentials
+from .destination import Destination, ManifestStore, PartialCopy
 from .ens import ExportedImage, open_ens_client
 from .errors import (
     EXIT_IMAGE_FAILED,
@@ -34,11 +35,11 @@ from .errors import (
     Interrupted,
     TransferError,
 )
-from .manifest import Manifest, ManifestEntry, ManifestWriter
+from .manifest import SIZE_ONLY, VERIFIED_CRC64, Manifest, ManifestEntry, ManifestWriter
 from .plan import Action, Plan, PlannedImage, make_plan, select
 from .progress import Progress, format_bytes, make_progress
 from .retry import RetryPolicy
-from .sinks.local import LocalSink
+from .sinks.local import LocalDestination
 from .source import ObjectSource, locate
 from .transfer import Copied, ImageCopy
 
@@ -50,18 +51,34 @@ class RunOptions:
     quiet: bool = False
 
 
+class Result(StrEnum):
+    MIRRORED = "mirrored"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
+    """What became of one image: data for the summary, nothing to act on."""
+
     image_id: str
     image_name: str
     path: str
-    action: str
-    result: str  # mirrored | skipped | failed
+    action: Action
+    result: Result
     bytes_transferred: int = 0
     seconds: float = 0.0
     reason: str = ""
-    entry: ManifestEntry | None = dataclasses.field(default=None, repr=False)
-    commit: Callable[[], None] | None = dataclasses.field(default=None, repr=False)
+    verified: str = ""  # how a mirrored image was verified (manifest.VERIFICATIONS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Finished:
+    """A worker's result for the reporter: the outcome, and what to commit and record for it."""
+
+    outcome: Outcome
+    entry: ManifestEntry | None = None
+    partial: PartialCopy | None = None  # None: the file is already in place (adopted)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,35 +87,42 @@ class RunResult:
     outcomes: list[Outcome]
     wall_s: float
     dry_run: bool
+    destination: str
 
     @property
     def exit_code(self) -> int:
-        failed = any(o.result == "failed" for o in self.outcomes)
+        failed = any(o.result is Result.FAILED for o in self.outcomes)
         return EXIT_IMAGE_FAILED if failed else EXIT_OK
 
 
 async def run_sync(config: Config, credentials: Credentials, options: RunOptions) -> RunResult:
     started = time.monotonic()
-    sink = _open_sink(config)
-    if not options.dry_run:
-        await trio.to_thread.run_sync(sink.prepare)
-    with nullcontext() if options.dry_run else sink.lock():
-        async with open_ens_client(config.ens, credentials) as ens:
-            images = await ens.list_images()
-        manifest = await trio.to_thread.run_sync(Manifest.load, sink.root)
-        async with _open_source_client(config) as http:
-            plan = await _plan(config, credentials, sink, manifest, http, images)
-            if options.dry_run:
-                outcomes = _planned_failures(plan)
-            else:
-                outcomes = await _transfer_all(config, options, sink, manifest, plan)
-    return RunResult(plan=plan, outcomes=outcomes, wall_s=time.monotonic() - started, dry_run=options.dry_run)
+    with contextlib.closing(open_destination(config)) as destination:
+        if not options.dry_run:
+            await trio.to_thread.run_sync(destination.prepare)
+        with nullcontext() if options.dry_run else destination.lock():
+            killpoints.reached("locked")
+            async with open_ens_client(config.ens, credentials) as ens:
+                images = await ens.list_images()
+            killpoints.reached("listed")
+            store = await trio.to_thread.run_sync(destination.manifest_store)
+            manifest = await trio.to_thread.run_sync(Manifest.load, store)
+            async with _open_source_client(config) as http:
+                plan = await _plan(config, credentials, destination, manifest, http, images)
+                if options.dry_run:
+                    outcomes = _planned_failures(plan)
+                else:
+                    assert store is not None
+                    outcomes = await _transfer_all(config, options, destination, store, manifest, plan)
+    return RunResult(plan=plan, outcomes=outcomes, wall_s=time.monotonic() - started,
+                     dry_run=options.dry_run, destination=destination.name)
 
 
-def _open_sink(config: Config) -> LocalSink:
+def open_destination(config: Config) -> Destination:
     if config.destination.url.startswith("oss://"):
         raise ConfigError("destination.url: oss:// destinations are not supported yet; use a local directory")
-    return LocalSink(Path(config.destination.url).expanduser())
+    return LocalDestination(Path(config.destination.url).expanduser(),
+                            refuse_unsafe_permissions=config.destination.refuse_unsafe_permissions)
 
 
 @asynccontextmanager
@@ -110,7 +134,7 @@ async def _open_source_client(config: Config) -> AsyncIterator[httpx.AsyncClient
         yield http
 
 
-async def _plan(config: Config, credentials: Credentials, sink: LocalSink, manifest: Manifest,
+async def _plan(config: Config, credentials: Credentials, destination: Destination, manifest: Manifest,
                 http: httpx.AsyncClient, images: list[ExportedImage]) -> Plan:
     selection = select(images, config.filter)
     signer = credentials if config.source.sign else None
@@ -119,28 +143,32 @@ async def _plan(config: Config, credentials: Credentials, sink: LocalSink, manif
         location = locate(image.url, config.source)
         return ObjectSource(http, location, signer, config.source.presign_expires_s)
 
-    return await make_plan(images, selection, manifest=manifest, sink=sink,
+    return await make_plan(images, selection, manifest=manifest, destination=destination,
                            template=config.destination.path_template, make_source=make_source,
-                           concurrency=config.transfer.concurrency * 2,
-                           retry=RetryPolicy(max_attempts=config.transfer.max_attempts))
+                           concurrency=config.transfer.concurrency * 2, retry=_retry_policy(config))
+
+
+def _retry_policy(config: Config) -> RetryPolicy:
+    return RetryPolicy(max_attempts=config.transfer.max_attempts, base_delay_s=config.transfer.retry_delay_s,
+                       max_delay_s=config.transfer.retry_max_delay_s)
 
 
 def _planned_failures(plan: Plan) -> list[Outcome]:
     """Images that fail before any transfer: unknown ids and objects that cannot be read."""
-    failures = [Outcome(image_id=i, image_name="", path="", action="fail", result="failed",
+    failures = [Outcome(image_id=i, image_name="", path="", action=Action.FAIL, result=Result.FAILED,
                         reason=f"image {i} is not listed by the API") for i in plan.selection.unknown_ids]
-    failures += [Outcome(image_id=i.image_id, image_name=i.image_name, path="", action="fail",
-                         result="failed", reason=f"image {i.image_id} is {i.status}, not exported")
+    failures += [Outcome(image_id=i.image_id, image_name=i.image_name, path="", action=Action.FAIL,
+                         result=Result.FAILED, reason=f"image {i.image_id} is {i.status}, not exported")
                  for i in plan.selection.unavailable]
     for item in plan.items:
         if item.action is Action.FAIL:
-            failures.append(_outcome(item, "failed", reason=item.reason))
+            failures.append(_outcome(item, Result.FAILED, reason=item.reason))
     return failures
 
 
-async def _transfer_all(config: Config, options: RunOptions, sink: LocalSink, manifest: Manifest,
-                        plan: Plan) -> list[Outcome]:
-    writer = await trio.to_thread.run_sync(ManifestWriter, manifest, sink.root)
+async def _transfer_all(config: Config, options: RunOptions, destination: Destination,
+                        store: ManifestStore, manifest: Manifest, plan: Plan) -> list[Outcome]:
+    writer = await trio.to_thread.run_sync(ManifestWriter, manifest, store)
     relisted = [image_id for image_id in (i.image.image_id for i in plan.items)
                 if (entry := manifest.get(image_id)) and entry.missing_since]
     await trio.to_thread.run_sync(writer.mark_missing, [e.image_id for e in plan.missing], _utc_now())
@@ -149,12 +177,12 @@ async def _transfer_all(config: Config, options: RunOptions, sink: LocalSink, ma
     outcomes = _planned_failures(plan)
     for failure in outcomes:
         progress.finish(failure.image_id, _outcome_line(failure), ok=False)
-    workers = _Workers(config, sink, progress)
+    workers = _Workers(config, destination, progress)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_sigterm)
             jobs_send, jobs_receive = trio.open_memory_channel[PlannedImage](0)
-            results_send, results_receive = trio.open_memory_channel[Outcome](0)
+            results_send, results_receive = trio.open_memory_channel[_Finished](0)
             async with jobs_receive, results_send:
                 nursery.start_soon(_feed, plan, jobs_send, results_send.clone())
                 for _ in range(config.transfer.concurrency):
@@ -180,98 +208,101 @@ async def _watch_sigterm() -> None:
 
 
 async def _feed(plan: Plan, jobs: trio.MemorySendChannel[PlannedImage],
-                results: trio.MemorySendChannel[Outcome]) -> None:
+                results: trio.MemorySendChannel[_Finished]) -> None:
     async with jobs, results:
         for item in plan.items:
             if item.action is Action.SKIP:
-                await results.send(_outcome(item, "skipped", reason=item.reason))
+                await results.send(_Finished(outcome=_outcome(item, Result.SKIPPED, reason=item.reason)))
             elif item.action is not Action.FAIL:
                 await jobs.send(item)
 
 
-async def _report(results: trio.MemoryReceiveChannel[Outcome], writer: ManifestWriter,
+async def _report(results: trio.MemoryReceiveChannel[_Finished], writer: ManifestWriter,
                   progress: Progress, outcomes: list[Outcome]) -> None:
     async with results:
-        async for outcome in results:
-            if outcome.entry is not None:
+        async for finished in results:
+            if finished.entry is not None:
                 # Rename and journal record in one uninterruptible thread call: a signal can
                 # never leave a verified file under its final name without its manifest entry.
-                await trio.to_thread.run_sync(_commit_and_record, outcome, writer)
+                await trio.to_thread.run_sync(_commit_and_record, finished, writer)
+            outcome = finished.outcome
             outcomes.append(outcome)
-            if outcome.result != "skipped":
-                progress.finish(outcome.image_id, _outcome_line(outcome), ok=outcome.result != "failed")
+            if outcome.result is not Result.SKIPPED:
+                ok = outcome.result is not Result.FAILED
+                progress.finish(outcome.image_id, _outcome_line(outcome), ok=ok)
 
 
 class _Workers:
     """What every worker shares: config, destination, display and the thread limiter."""
 
-    def __init__(self, config: Config, sink: LocalSink, progress: Progress) -> None:
-        self._sink = sink
+    def __init__(self, config: Config, destination: Destination, progress: Progress) -> None:
+        self._destination = destination
         self._progress = progress
-        self._retry = RetryPolicy(max_attempts=config.transfer.max_attempts,
-                                  base_delay_s=config.transfer.retry_delay_s,
-                                  max_delay_s=config.transfer.retry_max_delay_s)
+        self._retry = _retry_policy(config)
         self._limiter = trio.CapacityLimiter(config.transfer.concurrency + 1)
 
     async def run(self, jobs: trio.MemoryReceiveChannel[PlannedImage],
-                  results: trio.MemorySendChannel[Outcome]) -> None:
+                  results: trio.MemorySendChannel[_Finished]) -> None:
         async with jobs, results:
             async for item in jobs:
                 await results.send(await self._mirror(item))
 
-    async def _mirror(self, item: PlannedImage) -> Outcome:
+    async def _mirror(self, item: PlannedImage) -> _Finished:
         assert item.source is not None and item.info is not None
         image_id = item.image.image_id
         self._progress.start(image_id, item.image.image_name, item.info.size, item.partial_bytes)
-        partial = self._sink.partial(item.path)
-        if item.action is Action.ADOPT:
-            adopted = await self._adopt(item, partial.final)
+        if item.check_existing:
+            adopted = await self._adopt(item)
             if adopted is not None:
                 return adopted
+        partial = self._destination.partial(item.path)
         copy = ImageCopy(item.source, partial, item.info, retry=self._retry,
                          limiter=self._limiter, on_bytes=self._advance(image_id))
         try:
             copied = await copy.run(resume=item.action is Action.RESUME)
         except TransferError as error:
-            return _outcome(item, "failed", reason=str(error))
-        return _outcome(item, "mirrored", reason=item.reason, copied=copied,
-                        entry=_entry(item, copied), commit=partial.commit)
+            return _Finished(outcome=_outcome(item, Result.FAILED, reason=str(error)))
+        return _Finished(outcome=_outcome(item, Result.MIRRORED, reason=item.reason, copied=copied),
+                         entry=_entry(item, copied), partial=partial)
 
-    async def _adopt(self, item: PlannedImage, final: Path) -> Outcome | None:
+    async def _adopt(self, item: PlannedImage) -> _Finished | None:
         """Keep a file that is already there (a pre-seeded disk, a crash before its record) if
         it hashes to the object's CRC-64; otherwise it is replaced once a new copy verifies."""
         assert item.info is not None
         started = time.monotonic()
         try:
-            digest = await trio.to_thread.run_sync(digest_file, final, limiter=self._limiter,
-                                                   abandon_on_cancel=True)
-        except OSError:
+            digest = await trio.to_thread.run_sync(self._destination.digest, item.path,
+                                                   limiter=self._limiter, abandon_on_cancel=True)
+        except DestinationError:
             return None
-        if digest.crc64 != item.info.crc64ecma or digest.size != item.info.size:
+        if digest is None or digest.crc64 != item.info.crc64ecma or digest.size != item.info.size:
             return None
-        copied = Copied(info=item.info, sha256=digest.sha256, crc64ecma=digest.crc64,
+        copied = Copied(info=item.info, sha256=digest.sha256, crc64ecma=digest.crc64, verified=VERIFIED_CRC64,
                         bytes_transferred=0, seconds=time.monotonic() - started)
-        return _outcome(item, "mirrored", reason="kept the file already there: its CRC-64 matches",
-                        copied=copied, entry=_entry(item, copied))
+        outcome = _outcome(item, Result.MIRRORED, copied=copied,
+                           reason="kept the file already there: its CRC-64 matches the object")
+        return _Finished(outcome=outcome, entry=_entry(item, copied))
 
     def _advance(self, image_id: str) -> Callable[[int], None]:
         return lambda count: self._progress.advance(image_id, count)
 
 
-def _commit_and_record(outcome: Outcome, writer: ManifestWriter) -> None:
-    assert outcome.entry is not None
-    if outcome.commit is not None:  # an adopted file is already in place
-        outcome.commit()
-    writer.record(outcome.entry)
+def _commit_and_record(finished: _Finished, writer: ManifestWriter) -> None:
+    assert finished.entry is not None
+    if finished.partial is not None:  # an adopted file is already in place
+        killpoints.reached("before-rename")
+        finished.partial.commit()
+        killpoints.reached("after-rename")
+    writer.record(finished.entry)
+    killpoints.reached("recorded")
 
 
-def _outcome(item: PlannedImage, result: str, *, reason: str, copied: Copied | None = None,
-             entry: ManifestEntry | None = None, commit: Callable[[], None] | None = None) -> Outcome:
+def _outcome(item: PlannedImage, result: Result, *, reason: str, copied: Copied | None = None) -> Outcome:
     return Outcome(
         image_id=item.image.image_id, image_name=item.image.image_name, path=str(item.path),
-        action=item.action.value, result=result, reason=reason, entry=entry, commit=commit,
+        action=item.action, result=result, reason=reason,
         bytes_transferred=copied.bytes_transferred if copied else 0,
-        seconds=copied.seconds if copied else 0.0,
+        seconds=copied.seconds if copied else 0.0, verified=copied.verified if copied else "",
     )
 
 
@@ -281,18 +312,20 @@ def _entry(item: PlannedImage, copied: Copied) -> ManifestEntry:
         image_id=image.image_id, image_name=image.image_name, architecture=image.architecture,
         platform=image.platform, creation_time=image.creation_time, source_url=image.public_url,
         source_etag=copied.info.etag, size=copied.info.size, crc64ecma=str(copied.crc64ecma),
-        sha256=copied.sha256, path=str(item.path), mirrored_at=_utc_now(),
+        sha256=copied.sha256, verified=copied.verified, path=str(item.path), mirrored_at=_utc_now(),
     )
 
 
 def _outcome_line(outcome: Outcome) -> str:
-    if outcome.result == "failed":
+    if outcome.result is Result.FAILED:
         return f"failed {outcome.image_id}: {outcome.reason}"
-    if outcome.action == "adopt" and not outcome.bytes_transferred:
+    if not outcome.bytes_transferred and outcome.action in (Action.ADOPT, Action.REPLACE):
         return f"kept {outcome.image_id} -> {outcome.path}: {outcome.reason}"
-    rate = outcome.bytes_transferred / outcome.seconds / 1e6 if outcome.seconds else 0.0
+    rate = outcome.bytes_transferred / outcome.seconds / 2**20 if outcome.seconds else 0.0
+    checked = ("size only: OSS publishes no checksum for it" if outcome.verified == SIZE_ONLY
+               else f"verified ({outcome.verified})")
     return (f"done {outcome.image_id} -> {outcome.path}: {format_bytes(outcome.bytes_transferred)} "
-            f"in {outcome.seconds:.1f} s ({rate:.0f} MB/s), verified")
+            f"in {outcome.seconds:.1f} s ({rate:.0f} MiB/s), {checked}")
 
 
 def _utc_now() -> str:

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from .checksum import Digest, digest_file
-from .errors import ChecksumMismatchError, SourceChangedError, TransferError
+from . import killpoints
+from .checksum import Digest
+from .destination import PartialCopy, PartialState
+from .errors import ChecksumMismatchError, DestinationError, SourceChangedError, TransferError
+from .manifest import SIZE_ONLY, VERIFIED_CRC64, VERIFIED_MD5
 from .retry import RetryPolicy
-from .sinks.local import PartialFile, PartialState
 from .source import ObjectInfo, ObjectSource, TransientError, UrlExpiredError
 
 BATCH_BYTES = 8 << 20
@@ -36,6 +38,7 @@ class Copied:
     info: ObjectInfo
     sha256: str
     crc64ecma: int
+    verified: str  # manifest.VERIFIED_CRC64, VERIFIED_MD5 or SIZE_ONLY
     bytes_transferred: int
     seconds: float
 
@@ -46,7 +49,7 @@ class ImageCopy:
     def __init__(
         self,
         source: ObjectSource,
-        partial: PartialFile,
+        partial: PartialCopy,
         info: ObjectInfo,
         *,
         retry: RetryPolicy,
@@ -65,7 +68,18 @@ class ImageCopy:
         self._changed = False  # the object changed under us: HEAD it again and start over
 
     async def run(self, *, resume: bool) -> Copied:
-        """Verified bytes in the partial file, ready for `PartialFile.commit` by the caller."""
+        """Verified bytes in the partial copy, ready for `PartialCopy.commit` by the caller.
+
+        On failure the partial copy is closed (kept for resume, or discarded when it is known bad).
+        """
+        try:
+            return await self._run(resume=resume)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._thread(self._partial.close)
+            raise
+
+    async def _run(self, *, resume: bool) -> Copied:
         started = time.monotonic()
         await self._begin(resume=resume and self._can_resume)
         checksum_failures = resigns = 0
@@ -77,9 +91,10 @@ class ImageCopy:
                     await self._begin(resume=False)
                     self._changed = False
                 await self._stream()
-                self._verify()
+                verified = self._verify()
                 return Copied(info=self._info, sha256=self._digest.sha256, crc64ecma=self._digest.crc64,
-                              bytes_transferred=self._transferred, seconds=time.monotonic() - started)
+                              verified=verified, bytes_transferred=self._transferred,
+                              seconds=time.monotonic() - started)
             except ChecksumMismatchError:
                 checksum_failures += 1
                 if checksum_failures >= MAX_CHECKSUM_FAILURES:
@@ -112,13 +127,14 @@ class ImageCopy:
             recorded, on_disk = await self._thread(self._partial.read_state)
             if recorded == state and on_disk <= self._info.size:
                 keep = on_disk
-        self._digest = Digest()
+        self._digest = Digest(md5=self._info.crc64ecma is None and self._info.content_md5 is not None)
         if keep:
             try:  # read-only, so a signal need not wait for it
                 self._digest = await trio.to_thread.run_sync(
-                    digest_file, self._partial.part, keep, limiter=self._limiter, abandon_on_cancel=True)
-            except OSError:
+                    self._partial.digest_kept, keep, limiter=self._limiter, abandon_on_cancel=True)
+            except (OSError, DestinationError):
                 keep = 0  # an unreadable partial is no use: fetch it all again
+        killpoints.reached("begin")
         await self._thread(self._partial.begin, state, keep_bytes=keep)
 
     async def _stream(self) -> None:
@@ -128,6 +144,8 @@ class ImageCopy:
         batch = _Batch(self._buffer)
         try:
             async with self._source.open_range(self._digest.size, self._info) as body:
+                if body.start != self._digest.size:  # the server sent the whole object instead
+                    await self._begin(resume=False)
                 async for chunk in body:
                     if not batch.add(chunk):
                         await self._flush(batch)
@@ -150,6 +168,7 @@ class ImageCopy:
         await self._thread(self._write_and_hash, batch)
         self._transferred += len(data)
         self._on_bytes(len(data))
+        killpoints.reached("batch-written")
 
     def _write_and_hash(self, batch: _Batch) -> None:
         # Clearing here, in the same uninterruptible thread call as the write, means a signal
@@ -159,13 +178,21 @@ class ImageCopy:
         self._partial.write(data)
         batch.clear()
 
-    def _verify(self) -> None:
-        expected = self._info.crc64ecma
-        if expected is not None and self._digest.crc64 != expected:
-            raise ChecksumMismatchError(
-                f"{self._source.location.public_url}: CRC-64 of the bytes received is {self._digest.crc64}, "
-                f"OSS publishes {expected}; the copy was discarded"
-            )
+    def _verify(self) -> str:
+        """Check the bytes against what OSS publishes; returns how they were verified."""
+        url = self._source.location.public_url
+        expected_crc, expected_md5 = self._info.crc64ecma, self._info.content_md5
+        if expected_crc is not None:
+            if self._digest.crc64 != expected_crc:
+                raise ChecksumMismatchError(f"{url}: CRC-64 of the bytes received is {self._digest.crc64}, "
+                                            f"OSS publishes {expected_crc}; the copy was discarded")
+            return VERIFIED_CRC64
+        if expected_md5 is not None:
+            if self._digest.md5_base64 != expected_md5:
+                raise ChecksumMismatchError(f"{url}: MD5 of the bytes received is {self._digest.md5_base64}, "
+                                            f"OSS publishes {expected_md5}; the copy was discarded")
+            return VERIFIED_MD5
+        return SIZE_ONLY
 
     async def _thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(partial(function, *args, **kwargs), limiter=self._limiter)

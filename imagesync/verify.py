@@ -8,39 +8,49 @@ sha256 differs from what was recorded when it was mirrored and verified).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from enum import StrEnum
+from pathlib import PurePosixPath
 
 import trio
 
-from .checksum import digest_file
+from . import killpoints
+from .destination import Destination
 from .errors import DestinationError
-from .layout import resolve_inside
 from .manifest import Manifest, ManifestEntry
-from .sinks.local import LocalSink
+
+
+class Result(StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+    UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     image_id: str
     path: str
-    result: str  # ok | missing | corrupt | unreadable
+    result: Result
     reason: str = ""
 
 
-async def verify_mirror(root: Path, concurrency: int) -> list[Verdict]:
-    if not (root / "manifest.json").exists() and not (root / "manifest.journal").exists():
-        raise DestinationError(f"{root} has no manifest.json; nothing to verify")
-    with LocalSink(root).lock(shared=True):  # never read a file a sync is replacing
-        return await _verify_entries(root, concurrency)
+async def verify_mirror(destination: Destination, concurrency: int) -> list[Verdict]:
+    with destination.lock(shared=True):  # never read a file a sync is replacing
+        store = await trio.to_thread.run_sync(destination.manifest_store)
+        manifest = await trio.to_thread.run_sync(Manifest.load, store)
+        if store is None or not manifest.entries and manifest.updated_at is None:
+            raise DestinationError(f"{destination.name} has no manifest.json; nothing to verify")
+        return await _verify_entries(destination, manifest, concurrency)
 
 
-async def _verify_entries(root: Path, concurrency: int) -> list[Verdict]:
-    manifest = await trio.to_thread.run_sync(Manifest.load, root)
+async def _verify_entries(destination: Destination, manifest: Manifest, concurrency: int) -> list[Verdict]:
     limiter = trio.CapacityLimiter(concurrency)
     verdicts: dict[str, Verdict] = {}
 
     async def check(entry: ManifestEntry) -> None:
-        verdicts[entry.image_id] = await trio.to_thread.run_sync(_check_entry, root, entry, limiter=limiter)
+        verdicts[entry.image_id] = await trio.to_thread.run_sync(
+            _check_entry, destination, entry, limiter=limiter, abandon_on_cancel=True)
+        killpoints.reached("verified-one")
 
     async with trio.open_nursery() as nursery:
         for entry in manifest.entries.values():
@@ -48,21 +58,22 @@ async def _verify_entries(root: Path, concurrency: int) -> list[Verdict]:
     return [verdicts[image_id] for image_id in sorted(verdicts)]
 
 
-def _check_entry(root: Path, entry: ManifestEntry) -> Verdict:
-    path = resolve_inside(root, PurePosixPath(entry.path))
-
-    def verdict(result: str, reason: str = "") -> Verdict:
+def _check_entry(destination: Destination, entry: ManifestEntry) -> Verdict:
+    def verdict(result: Result, reason: str = "") -> Verdict:
         return Verdict(image_id=entry.image_id, path=entry.path, result=result, reason=reason)
 
+    path = PurePosixPath(entry.path)
     try:
-        size = path.stat().st_size
-        if size != entry.size:
-            return verdict("corrupt", f"{entry.path} has {size} bytes, the manifest records {entry.size}")
-        digest = digest_file(path)
-    except FileNotFoundError:
-        return verdict("missing", f"{entry.path} is not there")
-    except OSError as error:
-        return verdict("unreadable", f"{entry.path}: {error.strerror or error}")
-    if str(digest.crc64) != entry.crc64ecma or digest.sha256 != entry.sha256:
-        return verdict("corrupt", f"{entry.path} no longer matches its recorded CRC-64 and sha256")
-    return verdict("ok")
+        found = destination.stat(path)
+        if found is None:
+            return verdict(Result.MISSING, f"{entry.path} is not there (or is not a regular file)")
+        if found.size != entry.size:
+            return verdict(Result.CORRUPT, f"{entry.path} has {found.size} bytes, the manifest records {entry.size}")
+        digest = destination.digest(path)
+    except DestinationError as error:
+        return verdict(Result.UNREADABLE, str(error))
+    if digest is None:
+        return verdict(Result.MISSING, f"{entry.path} is not there")
+    if str(digest.crc64) != entry.crc64ecma or (entry.sha256 is not None and digest.sha256 != entry.sha256):
+        return verdict(Result.CORRUPT, f"{entry.path} no longer matches its recorded CRC-64 and sha256")
+    return verdict(Result.OK)

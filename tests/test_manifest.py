@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,9 +22,6 @@ from hypothesis import strategies as st
 
 from imagesync.errors import DestinationError, DiskFullError
 from imagesync.manifest import (
-    JOURNAL_NAME,
-    MANIFEST_NAME,
-    SUMS_NAME,
     Manifest,
     ManifestEntry,
     ManifestWriter,
@@ -31,10 +29,11 @@ from imagesync.manifest import (
     render_manifest,
     render_sha256sums,
 )
+from imagesync.sinks.local import JOURNAL_NAME, MANIFEST_NAME, SUMS_NAME, LocalDestination
 
 SIGNED = "https://b.oss-cn-beijing.aliyuncs.com/m-1.qcow2?x-oss-signature=SECRET&x-oss-date=1#frag"
 KEYS = ["image_id", "image_name", "architecture", "platform", "creation_time", "source_url",
-        "source_etag", "size", "crc64ecma", "sha256", "path", "mirrored_at"]
+        "source_etag", "size", "crc64ecma", "sha256", "verified", "path", "mirrored_at"]
 TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
@@ -56,14 +55,22 @@ def writers(tmp_path: Path) -> Iterator[list[ManifestWriter]]:
     opened: list[ManifestWriter] = []
     yield opened
     for writer in opened:
-        fd = writer._fd
+        store = writer._store
+        fd = store._fd  # type: ignore[attr-defined]
         if fd is not None:
             os.close(fd)
-            writer._fd = None
+            store._fd = None  # type: ignore[attr-defined]
+
+
+def load(root: Path) -> Manifest:
+    """What a run reads from the local destination ``root``."""
+    return Manifest.load(LocalDestination(root).manifest_store())
 
 
 def open_writer(root: Path, opened: list[ManifestWriter], **options: Any) -> ManifestWriter:
-    writer = ManifestWriter(Manifest.load(root), root, **options)
+    store = LocalDestination(root).manifest_store()
+    assert store is not None
+    writer = ManifestWriter(Manifest.load(store), store, **options)
     opened.append(writer)
     return writer
 
@@ -120,7 +127,7 @@ def test_sha256_is_normalised_to_lower_case() -> None:
     [
         ({"size": "12"}, r"m.json, images\[0\] \(image m-1\): size is '12', expected an integer"),
         ({"size": True}, "size is True, expected an integer"),
-        ({"sha256": None}, "sha256 is missing, expected a string"),
+        ({"sha256": None}, "sha256 is missing, which only a server-side copy may leave out"),
         ({"path": "../../x"}, r"\(image m-1\): path '../../x' is not a plain relative path"),
     ],
 )
@@ -207,7 +214,7 @@ def test_close_writes_both_files_and_removes_the_journal(
     document = json.loads((tmp_path / MANIFEST_NAME).read_bytes())
     assert TIME.fullmatch(document["updated_at"])
     assert [image["image_id"] for image in document["images"]] == ["m-1", "m-2"]
-    loaded = Manifest.load(tmp_path)
+    loaded = load(tmp_path)
     assert loaded.entries == {"m-1": entry("m-1"), "m-2": entry("m-2")}
     assert loaded.get("m-1") == entry("m-1")
     assert loaded.get("m-3") is None
@@ -225,8 +232,8 @@ def test_no_query_string_is_ever_written(tmp_path: Path, writers: list[ManifestW
 
 
 def test_absent_manifest_is_empty(tmp_path: Path) -> None:
-    assert Manifest.load(tmp_path).entries == {}
-    assert Manifest.load(tmp_path / "not-yet").entries == {}
+    assert load(tmp_path).entries == {}
+    assert load(tmp_path / "not-yet").entries == {}
 
 
 def test_journal_is_replayed_after_a_crash(tmp_path: Path, writers: list[ManifestWriter]) -> None:
@@ -237,13 +244,13 @@ def test_journal_is_replayed_after_a_crash(tmp_path: Path, writers: list[Manifes
     with open(tmp_path / JOURNAL_NAME, "ab") as journal:
         journal.write(b'{"op":"record","entry":{"image_id":"m-9","ima')
     assert not (tmp_path / MANIFEST_NAME).exists()
-    assert sorted(Manifest.load(tmp_path).entries) == ["m-0", "m-1", "m-2"]
+    assert sorted(load(tmp_path).entries) == ["m-0", "m-1", "m-2"]
 
     again = open_writer(tmp_path, writers, compact_interval_s=3600)
     assert again.compactions == 1  # the leftover journal was folded in first
     assert not (tmp_path / JOURNAL_NAME).exists()
     again.record(entry("m-3"))
-    assert sorted(Manifest.load(tmp_path).entries) == ["m-0", "m-1", "m-2", "m-3"]
+    assert sorted(load(tmp_path).entries) == ["m-0", "m-1", "m-2", "m-3"]
     again.close()
     assert sorted(json.loads((tmp_path / MANIFEST_NAME).read_bytes())["images"][i]["image_id"]
                   for i in range(4)) == ["m-0", "m-1", "m-2", "m-3"]
@@ -261,9 +268,9 @@ def test_crash_between_the_renames_loses_nothing(
     (tmp_path / MANIFEST_NAME).write_bytes(render_manifest(writer.entries.values(), "2024-01-01T00:00:00Z"))
     # manifest.json is new, SHA256SUMS is old and the journal still holds every record.
     assert (tmp_path / SUMS_NAME).read_bytes() == stale_sums
-    assert Manifest.load(tmp_path).entries == writer.entries
+    assert load(tmp_path).entries == writer.entries
     open_writer(tmp_path, writers).close()
-    assert Manifest.load(tmp_path).entries == {"m-1": entry("m-1", b"new content"),
+    assert load(tmp_path).entries == {"m-1": entry("m-1", b"new content"),
                                                "m-2": entry("m-2")}
     assert (tmp_path / SUMS_NAME).read_bytes() == render_sha256sums(writer.entries.values())
 
@@ -272,7 +279,7 @@ def test_later_record_replaces_an_earlier_one(tmp_path: Path, writers: list[Mani
     writer = open_writer(tmp_path, writers)
     writer.record(entry("m-1", b"old"))
     writer.record(entry("m-1", b"new"))
-    assert Manifest.load(tmp_path).get("m-1") == entry("m-1", b"new")
+    assert load(tmp_path).get("m-1") == entry("m-1", b"new")
 
 
 def test_missing_images_are_marked_not_deleted(tmp_path: Path, writers: list[ManifestWriter]
@@ -283,9 +290,9 @@ def test_missing_images_are_marked_not_deleted(tmp_path: Path, writers: list[Man
     first = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
     writer.mark_missing(["m-2", "m-404"], first)
     writer.mark_missing(["m-2"], first + timedelta(days=1))  # the first mark is kept
-    assert Manifest.load(tmp_path).get("m-2") == entry("m-2", missing_since="2024-06-01T12:00:00Z")
+    assert load(tmp_path).get("m-2") == entry("m-2", missing_since="2024-06-01T12:00:00Z")
     writer.close()
-    loaded = Manifest.load(tmp_path)
+    loaded = load(tmp_path)
     assert sorted(loaded.entries) == ["m-1", "m-2"]
     assert loaded.entries["m-2"].missing_since == "2024-06-01T12:00:00Z"
     assert loaded.entries["m-1"].missing_since is None
@@ -295,7 +302,7 @@ def test_missing_images_are_marked_not_deleted(tmp_path: Path, writers: list[Man
 
     again = open_writer(tmp_path, writers)
     again.mark_present(["m-2"])
-    assert Manifest.load(tmp_path).get("m-2") == entry("m-2")
+    assert load(tmp_path).get("m-2") == entry("m-2")
     again.mark_missing(["m-1"], "2024-07-01T00:00:00Z")
     assert again.entries["m-1"].missing_since == "2024-07-01T00:00:00Z"
 
@@ -312,17 +319,21 @@ def test_recording_is_constant_time(tmp_path: Path, writers: list[ManifestWriter
     writer = open_writer(tmp_path, writers)
     entries = [entry(f"m-{number:05}") for number in range(5000)]
     inodes = set()
-    started = time.perf_counter()
+    costs = []
     for item in entries:
+        started = time.perf_counter()
         writer.record(item)
+        costs.append(time.perf_counter() - started)
         if (tmp_path / MANIFEST_NAME).exists():
             inodes.add((tmp_path / MANIFEST_NAME).stat().st_ino)
-    elapsed = time.perf_counter() - started
     writer.close()
-    assert elapsed < 5
+    # A ratio, not a time, so a slow disk cannot fail it: the 5,000th append (median of the
+    # last 25) costs about what the 50th did (median of 25 around it), not a hundred times more.
+    early, late = statistics.median(costs[38:63]), statistics.median(costs[-25:])
+    assert late < 5 * early, (early, late)
     assert writer.compactions <= 2
     assert len(inodes) <= 1
-    assert len(Manifest.load(tmp_path).entries) == 5000
+    assert len(load(tmp_path).entries) == 5000
 
 
 def test_record_compacts_once_the_interval_has_passed(
@@ -334,7 +345,7 @@ def test_record_compacts_once_the_interval_has_passed(
         now[0] = number
         writer.record(entry(f"m-{number}"))
     assert writer.compactions == 2  # at t=11 and at t=22
-    assert len(Manifest.load(tmp_path).entries) == 30
+    assert len(load(tmp_path).entries) == 30
     assert len(json.loads((tmp_path / MANIFEST_NAME).read_bytes())["images"]) == 23
 
 
@@ -354,15 +365,19 @@ def test_a_failed_append_leaves_no_half_line(
         writer.record(entry("m-2"))
     monkeypatch.undo()
     writer.record(entry("m-3"))
-    assert sorted(Manifest.load(tmp_path).entries) == ["m-1", "m-3"]
+    assert sorted(load(tmp_path).entries) == ["m-1", "m-3"]
 
 
-def test_stale_temporary_files_are_removed(tmp_path: Path, writers: list[ManifestWriter]) -> None:
+def test_stale_temporary_files_are_removed_by_the_next_compaction(
+    tmp_path: Path, writers: list[ManifestWriter]
+) -> None:
     (tmp_path / f".{MANIFEST_NAME}.tmp-0123abcd").write_bytes(b"{")
     (tmp_path / f".{SUMS_NAME}.tmp-0123abcd").write_bytes(b"")
-    (tmp_path / "m-1.qcow2").write_bytes(b"")
-    open_writer(tmp_path, writers).close()
-    assert [p.name for p in tmp_path.iterdir()] == ["m-1.qcow2"]
+    (tmp_path / "m-1.qcow2").write_bytes(b"qcow2")
+    writer = open_writer(tmp_path, writers)
+    writer.record(entry("m-1"))
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([SUMS_NAME, MANIFEST_NAME, "m-1.qcow2"])
 
 
 def test_a_closed_writer_refuses_records(tmp_path: Path, writers: list[ManifestWriter]) -> None:
@@ -397,27 +412,27 @@ def test_a_corrupt_manifest_is_one_clear_sentence(tmp_path: Path, content: bytes
                                                   ) -> None:
     (tmp_path / MANIFEST_NAME).write_bytes(content)
     with pytest.raises(DestinationError, match=message) as caught:
-        Manifest.load(tmp_path)
+        load(tmp_path)
     assert str(tmp_path) in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_a_hand_edited_manifest_with_a_bom_loads(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).write_bytes(b"\xef\xbb\xbf" + manifest_with([entry().to_json()]))
-    assert Manifest.load(tmp_path).entries == {"m-1": entry()}
+    assert load(tmp_path).entries == {"m-1": entry()}
 
 
 def test_a_corrupt_journal_line_before_the_last_is_an_error(tmp_path: Path) -> None:
     good = json.dumps({"op": "record", "entry": entry().to_json()}).encode()
     (tmp_path / JOURNAL_NAME).write_bytes(good + b"\nnot json\n" + good + b"\n")
     with pytest.raises(DestinationError, match=f"{JOURNAL_NAME}, line 2 is not a journal record"):
-        Manifest.load(tmp_path)
+        load(tmp_path)
 
 
 def test_an_unreadable_destination_is_a_destination_error(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).mkdir()
     with pytest.raises(DestinationError, match="cannot read"):
-        Manifest.load(tmp_path)
+        load(tmp_path)
 
 
 TEXT = st.text(st.characters(codec=None), max_size=30)

@@ -1,71 +1,99 @@
-"""A local directory as destination: partial files beside their state, fsync, atomic rename.
+"""A local directory as destination: partial files beside their state, fsync, atomic rename, never a link.
 
 An image is written to ``<final>.imagesync-part``; ``<final>.imagesync-state`` records which
 source object (URL without query, ETag, size, CRC-64) those bytes belong to, so a later run
 resumes only from bytes of the same object. Only a complete, verified file is renamed to its
-final name, after an fsync, so no reader ever sees a half image there. Every method blocks:
-callers run them in a worker thread.
+final name, after an fsync, so no reader ever sees a half image there. Every name inside the
+destination is opened relative to its folder's descriptor and never followed as a link (see
+`durable.Folder`): a planted link is refused, replaced or removed, never written through.
+Every method blocks: callers run them in a worker thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
+import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from ..checksum import Buffer
-from ..durable import destination_error, fsync_directory, replace_file, write_all
-from ..errors import DestinationError, LockedError
+from ..checksum import Buffer, Digest, digest_fd
+from ..destination import Mirrored, PartialState
+from ..durable import Folder, destination_error, write_all
+from ..errors import ConfigError, LockedError
 from ..layout import PARTIAL_SUFFIX, STATE_SUFFIX, resolve_inside
 
+log = logging.getLogger("imagesync")
+
 LOCK_NAME = ".imagesync.lock"
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+JOURNAL_NAME = "manifest.journal"
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartialState:
-    """Which object the bytes of a partial file come from."""
+class LocalDestination:
+    """A directory on this host (relative paths were resolved against the config file)."""
 
-    source_url: str
-    etag: str
-    size: int
-    crc64ecma: str
-
-
-class LocalSink:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, refuse_unsafe_permissions: bool = False) -> None:
         self.root = root
+        self.name = str(root)
+        self._refuse_unsafe = refuse_unsafe_permissions
+        self._folder: Folder | None = None
 
     def prepare(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"destination.url {self.root} is not a directory")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._folder = Folder.open_root(self.root, create=True)
         except OSError as error:
-            raise DestinationError(f"cannot create destination {self.root}: {error.strerror}") from None
+            raise ConfigError(f"cannot create the destination {self.root}: {error.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise ConfigError(f"the destination {self.root} is not writable by this user")
+        self._check_permissions(self._folder.fd, self.root)
+
+    def close(self) -> None:
+        if self._folder is not None:
+            self._folder.close()
+            self._folder = None
 
     @contextlib.contextmanager
     def lock(self, *, shared: bool = False) -> Iterator[None]:
         """Hold the destination's lock for the whole run (the kernel releases it on exit).
 
         A sync takes it exclusively; `verify` takes it shared, so it never reads a file that a
-        sync is replacing.
+        sync is replacing. On a read-only mirror verify goes on without it, and says so.
         """
-        path = self.root / LOCK_NAME
+        folder = self._root()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = folder.open(LOCK_NAME, os.O_RDWR | os.O_CREAT)
         except OSError as error:
-            raise DestinationError(f"cannot create the lock file {path}: {error.strerror}") from None
+            if not (shared and error.errno in _READ_ONLY):
+                where = self.root / LOCK_NAME
+                raise destination_error(f"cannot create the lock file {where}", error) from None
+            try:
+                fd = folder.open_regular(LOCK_NAME, os.O_RDONLY)
+            except OSError:
+                log.warning("the destination %s is read-only: verifying without the run lock", self.root)
+                yield
+                return
         try:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LockedError(f"another imagesync run holds the lock on {self.root}; try later") from None
+                holder = _read_holder(fd)
+                raise LockedError(f"another imagesync run{holder} holds the lock on {self.root}; "
+                                  "try later") from None
             if not shared:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                _write_holder(fd, self.root)
             yield
         finally:
             os.close(fd)
@@ -75,78 +103,258 @@ class LocalSink:
         probe = self.root
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        return shutil.disk_usage(probe).free
-
-    def final_size(self, relative: PurePosixPath) -> int | None:
-        path = resolve_inside(self.root, relative)
         try:
-            return path.stat().st_size
+            return shutil.disk_usage(probe).free
+        except OSError as error:
+            raise destination_error(f"cannot tell the free space of {probe}", error) from None
+
+    def stat(self, path: PurePosixPath) -> Mirrored | None:
+        """A regular file under the final name; a link or anything else there is never trusted."""
+        full = resolve_inside(self.root, path)
+        try:
+            with self._folder_of(path, create=False) as folder:
+                found = folder.lstat(path.name)
         except FileNotFoundError:
             return None
         except OSError as error:
-            raise destination_error(f"cannot read {path}", error) from None
+            raise destination_error(f"cannot read {full}", error) from None
+        if found is None or not stat.S_ISREG(found.st_mode):
+            return None
+        return Mirrored(size=found.st_size)
 
-    def partial(self, relative: PurePosixPath) -> PartialFile:
-        return PartialFile(resolve_inside(self.root, relative))
+    def digest(self, path: PurePosixPath) -> Digest | None:
+        """Hash the regular file under the final name; None when it is not there."""
+        full = resolve_inside(self.root, path)
+        try:
+            with self._folder_of(path, create=False) as folder:
+                fd = folder.open_regular(path.name, os.O_RDONLY)
+            return digest_fd(fd)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise destination_error(f"cannot read {full}", error) from None
+
+    def partial(self, path: PurePosixPath) -> LocalPartial:
+        resolve_inside(self.root, path)  # refuses a hostile path before anything is touched
+        return LocalPartial(self, path)
+
+    def manifest_store(self) -> LocalManifestStore | None:
+        if self._folder is None and not self.root.is_dir():
+            return None
+        return LocalManifestStore(self._root(), self.root)
+
+    # --- inside ---
+
+    def _root(self) -> Folder:
+        if self._folder is None:
+            try:
+                self._folder = Folder.open_root(self.root, create=False)
+            except OSError as error:
+                raise destination_error(f"cannot open the destination {self.root}", error) from None
+        return self._folder
+
+    def _folder_of(self, path: PurePosixPath, *, create: bool) -> Folder:
+        """The folder holding ``path``, each step checked: never a link, warned if others can write."""
+        if self._folder is None and not create and not self.root.exists():
+            raise FileNotFoundError(errno.ENOENT, "no destination yet", str(self.root))
+        folder = self._root().descend(path.parts[:-1], create=create)
+        if create and len(path.parts) > 1:
+            self._check_permissions(folder.fd, folder.path)
+        return folder
+
+    def _check_permissions(self, fd: int, where: Path) -> None:
+        mode = os.fstat(fd).st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+            who = "every user" if mode & stat.S_IWOTH else "its group"
+            message = (f"{where} is writable by {who}, who could swap mirrored images; "
+                       f"run: chmod go-w {where}")
+            if self._refuse_unsafe:
+                raise ConfigError(f"{message} (destination.refuse_unsafe_permissions is set)")
+            log.warning("%s", message)
 
 
-class PartialFile:
-    """The partial file of one image, opened for appending."""
+class LocalPartial:
+    """The partial file of one image and its state file, in the image's folder."""
 
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self.part = final.with_name(final.name + PARTIAL_SUFFIX)
-        self.state_path = final.with_name(final.name + STATE_SUFFIX)
+    def __init__(self, destination: LocalDestination, path: PurePosixPath) -> None:
+        self._destination = destination
+        self._path = path
+        self.final = resolve_inside(destination.root, path)
+        self._name = path.name
+        self._part = path.name + PARTIAL_SUFFIX
+        self._state = path.name + STATE_SUFFIX
+        self._folder: Folder | None = None
         self._fd: int | None = None
 
     def read_state(self) -> tuple[PartialState | None, int]:
-        """The recorded state and the partial's size; ``(None, 0)`` when there is nothing usable."""
         try:
-            state = PartialState(**json.loads(self.state_path.read_text(encoding="utf-8")))
-            return state, self.part.stat().st_size
+            with self._destination._folder_of(self._path, create=False) as folder:
+                raw = folder.read(self._state)
+                found = folder.lstat(self._part)
+            if raw is None or found is None or not stat.S_ISREG(found.st_mode):
+                return None, 0
+            return PartialState(**json.loads(raw)), found.st_size
         except (OSError, ValueError, TypeError):
             return None, 0
 
+    def digest_kept(self, size: int) -> Digest:
+        with self._destination._folder_of(self._path, create=False) as folder:
+            fd = folder.open_regular(self._part, os.O_RDONLY)
+        return digest_fd(fd, size)
+
     def begin(self, state: PartialState, *, keep_bytes: int) -> None:
-        """Open for writing after the first ``keep_bytes`` bytes (0 starts afresh)."""
         self.close()
+        where = self.final.with_name(self._part)
         try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = fd = os.open(self.part, os.O_WRONLY | os.O_CREAT, 0o644)
+            self._folder = folder = self._destination._folder_of(self._path, create=True)
+            if keep_bytes:
+                self._fd = fd = folder.open_regular(self._part, os.O_WRONLY)
+            else:  # O_EXCL after removing what is there: never a planted link
+                self._fd = fd = folder.create_new(self._part)
             os.ftruncate(fd, keep_bytes)
             os.lseek(fd, keep_bytes, os.SEEK_SET)
             # The cut must be durable before the state names a new object: else a crash could
             # leave the old object's bytes under the new object's state.
             os.fsync(fd)
         except OSError as error:
-            raise destination_error(f"cannot write {self.part}", error) from None
-        replace_file(self.state_path, json.dumps(asdict(state)).encode())
+            self.close()
+            raise destination_error(f"cannot write {where}", error) from None
+        folder.replace(self._state, json.dumps(asdict(state)).encode())
 
     def write(self, data: Buffer) -> None:
         assert self._fd is not None, "begin() first"
         try:
             write_all(self._fd, data)
         except OSError as error:
-            raise destination_error(f"cannot write {self.part}", error) from None
+            raise destination_error(f"cannot write {self.final.with_name(self._part)}", error) from None
 
     def commit(self) -> None:
         """fsync, then rename over the final name (replacing an old copy only now), then forget the state."""
-        assert self._fd is not None, "begin() first"
+        assert self._fd is not None and self._folder is not None, "begin() first"
+        folder = self._folder
         try:
             os.fsync(self._fd)
-            self.close()
-            self.part.replace(self.final)
-            fsync_directory(self.final.parent)
-            self.state_path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+            folder.rename(self._part, self._name)  # replaces a link at the final name, never its target
+            folder.fsync()
+            folder.unlink(self._state)
         except OSError as error:
             raise destination_error(f"cannot write {self.final}", error) from None
+        finally:
+            self.close()
 
     def discard(self) -> None:
         self.close()
-        self.part.unlink(missing_ok=True)
-        self.state_path.unlink(missing_ok=True)
+        try:
+            with self._destination._folder_of(self._path, create=False) as folder:
+                folder.unlink(self._part)
+                folder.unlink(self._state)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise destination_error(f"cannot remove {self.final.with_name(self._part)}", error) from None
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._folder is not None:
+            self._folder.close()
+            self._folder = None
+
+
+class LocalManifestStore:
+    """manifest.json, SHA256SUMS and manifest.journal at the top of the destination."""
+
+    def __init__(self, folder: Folder, root: Path) -> None:
+        self._folder = folder
+        self.where = str(root / MANIFEST_NAME)
+        self._journal_path = root / JOURNAL_NAME
+        self.journal_where = str(self._journal_path)
+        self._fd: int | None = None
+        self._size = 0
+
+    def read_manifest(self) -> bytes | None:
+        return self._read(MANIFEST_NAME)
+
+    def read_journal(self) -> bytes | None:
+        return self._read(JOURNAL_NAME)
+
+    def append_journal(self, line: bytes) -> None:
+        try:
+            if self._fd is None:
+                created = self._folder.lstat(JOURNAL_NAME) is None
+                self._fd = self._folder.open(JOURNAL_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                self._size = os.fstat(self._fd).st_size
+                if created:
+                    self._folder.fsync()
+            write_all(self._fd, line)
+            os.fsync(self._fd)
+        except OSError as error:
+            if self._fd is not None:  # cut a half-written line, so the next one stays whole
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+            raise destination_error(f"cannot append to {self._journal_path}", error) from None
+        self._size += len(line)
+
+    def publish(self, manifest: bytes, sums: bytes) -> None:
+        for name in _leftover_temporaries(self._folder):
+            with contextlib.suppress(OSError):
+                self._folder.unlink(name)
+        self._folder.replace(MANIFEST_NAME, manifest)
+        self._folder.replace(SUMS_NAME, sums)
+
+    def clear_journal(self) -> None:
+        try:
+            if self._fd is None:
+                self.remove_journal()
+            else:
+                os.ftruncate(self._fd, 0)
+                os.fsync(self._fd)
+                self._size = 0
+        except OSError as error:
+            raise destination_error(f"cannot empty {self._journal_path}", error) from None
+
+    def remove_journal(self) -> None:
+        try:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._folder.unlink(JOURNAL_NAME)
+            self._folder.fsync()
+        except OSError as error:
+            raise destination_error(f"cannot remove {self._journal_path}", error) from None
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return self._folder.read(name)
+        except OSError as error:
+            raise destination_error(f"cannot read {self._folder.path / name}", error) from None
+
+
+def _leftover_temporaries(folder: Folder) -> list[str]:
+    """Temporary files a crash left behind during a compaction."""
+    try:
+        names = folder.names()
+    except OSError:
+        return []
+    return [n for n in names if n.startswith((f".{MANIFEST_NAME}.tmp-", f".{SUMS_NAME}.tmp-"))]
+
+
+def _write_holder(fd: int, root: Path) -> None:
+    started = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    try:
+        os.ftruncate(fd, 0)
+        write_all(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
+    except OSError as error:
+        raise destination_error(f"cannot write the lock file {root / LOCK_NAME}", error) from None
+
+
+def _read_holder(fd: int) -> str:
+    """`` (pid N on HOST since TIME)`` from the lock file, or nothing when it says nothing useful."""
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f" ({text})" if text.startswith("pid ") and "\n" not in text else ""

@@ -1,0 +1,124 @@
+"""What a destination must offer: the seam between the pipeline and where images are kept.
+
+`plan`, `transfer`, `sync` and `verify` see only these protocols; `sinks/local.py` (a directory)
+implements them, and every implementation passes ``tests/test_destination_conformance.py``. As
+in rclone's ``Fs``/``Object`` split, a destination knows how to store bytes durably and
+atomically; it knows nothing of ENS, plans or retries. Every method blocks: callers run them
+in a worker thread.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
+
+from .checksum import Buffer, Digest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartialState:
+    """Which source object the bytes of a partial copy come from."""
+
+    source_url: str
+    etag: str
+    size: int
+    crc64ecma: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mirrored:
+    """What is under an image's final name."""
+
+    size: int
+    crc64ecma: int | None = None  # known without reading the bytes (an OSS object's header)
+
+
+class PartialCopy(Protocol):
+    """The copy of one image in progress: invisible under its final name until `commit`."""
+
+    def read_state(self) -> tuple[PartialState | None, int]:
+        """The recorded state and the bytes kept; ``(None, 0)`` when nothing usable is there."""
+        ...
+
+    def digest_kept(self, size: int) -> Digest:
+        """CRC-64 and sha256 of the first ``size`` bytes kept (to resume the running hashes)."""
+        ...
+
+    def begin(self, state: PartialState, *, keep_bytes: int) -> None:
+        """Start writing after the first ``keep_bytes`` bytes (0: afresh) of the object ``state`` names."""
+        ...
+
+    def write(self, data: Buffer) -> None: ...
+
+    def commit(self) -> None:
+        """Make the copy durable and visible under its final name, replacing what was there."""
+        ...
+
+    def discard(self) -> None:
+        """Forget the partial copy and its state."""
+        ...
+
+    def close(self) -> None:
+        """Release what `begin` holds; the partial copy stays for a later resume."""
+        ...
+
+
+class ManifestStore(Protocol):
+    """Where the manifest lives: a journal of O(1) records and atomically published documents."""
+
+    where: str  # the manifest's location, for messages
+    journal_where: str  # the journal's
+
+    def read_manifest(self) -> bytes | None: ...
+
+    def read_journal(self) -> bytes | None: ...
+
+    def append_journal(self, line: bytes) -> None:
+        """Append one record; durable when this returns. A failed append leaves no torn line."""
+        ...
+
+    def publish(self, manifest: bytes, sums: bytes) -> None:
+        """Replace manifest.json and then SHA256SUMS, each atomically and durably."""
+        ...
+
+    def clear_journal(self) -> None:
+        """Empty the journal (its records are in a published manifest)."""
+        ...
+
+    def remove_journal(self) -> None: ...
+
+
+class Destination(Protocol):
+    """A place that keeps mirrored images under relative paths."""
+
+    name: str  # the resolved destination, as users should see it
+
+    def prepare(self) -> None:
+        """Create the destination if needed and check it can be written (a sync run, not a dry run)."""
+        ...
+
+    def lock(self, *, shared: bool = False) -> AbstractContextManager[None]:
+        """Hold the run lock: exclusive for a sync, shared for verify."""
+        ...
+
+    def free_bytes(self) -> int | None:
+        """Room left, or None where it has no meaning."""
+        ...
+
+    def stat(self, path: PurePosixPath) -> Mirrored | None:
+        """The image under its final name; None when nothing trustworthy is there."""
+        ...
+
+    def digest(self, path: PurePosixPath) -> Digest | None:
+        """Hash the bytes under the final name; None when missing, `DestinationError` when unreadable."""
+        ...
+
+    def partial(self, path: PurePosixPath) -> PartialCopy: ...
+
+    def manifest_store(self) -> ManifestStore | None:
+        """Where the manifest is kept; None when the destination does not exist yet (a dry run)."""
+        ...
+
+    def close(self) -> None: ...
