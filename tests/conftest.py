@@ -2,8 +2,9 @@
 
 The emulator runs as a subprocess on a real loopback socket, so the code under test shares
 no interpreter (and no GIL) with it. ``start_emulator(images=3, image_size="1MiB",
-extra_args=())`` starts one and returns an :class:`EmulatorHandle`; ``emulator`` is the
-default one. Its data root is ``<tmp_path>/emulator`` (then ``emulator-2``, ...): write a
+extra_args=(), root=None, dest_buckets=())`` starts one and returns an
+:class:`EmulatorHandle`; ``emulator`` is the default one. ``dest_buckets`` are
+``NAME[@REGION]`` specs for ``--dest-bucket``. Its data root is ``<tmp_path>/emulator`` (then ``emulator-2``, ...): write a
 catalog there before starting to serve your own images (see ``imagesync.emulator.catalog``).
 """
 
@@ -15,15 +16,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import oss2
 import pytest
 
 from imagesync.emulator import add_arguments, catalog
-from imagesync.emulator.objects import ObjectMeta
+from imagesync.emulator.buckets import Buckets
+from imagesync.emulator.multipart_store import UploadStore
+from imagesync.emulator.objects import ObjectMeta, ObjectStore, key_path
 from imagesync.emulator.options import client_config, merge_sections, render_toml
 
 STARTUP_TIMEOUT_S = 30
@@ -42,12 +46,15 @@ class EmulatorHandle:
     region: str
     bucket: str
     public_read: bool = False
+    readonly_keys: tuple[tuple[str, str], ...] = ()
+    popen: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
 
     # --- config for the tool ---
 
-    def config_text(self, mirror: Path, **overrides: Mapping[str, Any] | None) -> str:
+    def config_text(self, mirror: Path | str, **overrides: Mapping[str, Any] | None) -> str:
         """The TOML config pointing at this emulator; ``overrides`` are per-section dicts
-        (``transfer={"concurrency": 1}``), a None value removes a key or section."""
+        (``transfer={"concurrency": 1}``), a None value removes a key or section.
+        ``mirror`` may be ``"oss://bucket/prefix"`` (a bucket of this emulator)."""
         base = client_config(
             url=self.url,
             access_key_id=self.access_key_id,
@@ -59,7 +66,7 @@ class EmulatorHandle:
         return render_toml(merge_sections(base, overrides))
 
     def write_config(
-        self, path: Path, mirror: Path, **overrides: Mapping[str, Any] | None
+        self, path: Path, mirror: Path | str, **overrides: Mapping[str, Any] | None
     ) -> Path:
         """Write :meth:`config_text` to ``path`` with mode 0600."""
         path.write_text(self.config_text(mirror, **overrides))
@@ -109,6 +116,52 @@ class EmulatorHandle:
 
     def rewrite_object(self, image_id: str, **fields: Any) -> ObjectMeta:
         return catalog.rewrite_object(self.root, image_id, **fields)
+
+    def add_scheduled_image(self, **fields: Any) -> dict[str, Any]:
+        """``catalog.add_scheduled_image``: an Exporting image (object written) that turns
+        Exported (``exported_after_listings=N`` / ``exported_at=T``) or ExportError
+        (``error_after_listings=N`` / ``error_at=T``) by itself."""
+        fields.setdefault("bucket", self.bucket)
+        return catalog.add_scheduled_image(self.root, **fields)
+
+    # --- buckets (source and destinations) ---
+
+    def buckets(self) -> dict[str, str]:
+        """Every bucket and its region."""
+        return Buckets(self.root, self.region).regions()
+
+    def bucket_region(self, name: str) -> str:
+        return Buckets(self.root, self.region).region(name)
+
+    def oss_bucket(
+        self, name: str | None = None, *, key_id: str | None = None, secret: str | None = None,
+        region: str | None = None,
+    ) -> oss2.Bucket:
+        """An oss2 Bucket (signature V4, the bucket's region) on this emulator."""
+        name = name or self.bucket
+        auth = oss2.AuthV4(key_id or self.access_key_id, secret or self.access_key_secret)
+        return oss2.Bucket(auth, self.url, name, region=region or self.bucket_region(name))
+
+    def dest_bucket(self, name: str, **kwargs: Any) -> oss2.Bucket:
+        """``oss_bucket`` for a ``--dest-bucket``."""
+        return self.oss_bucket(name, **kwargs)
+
+    def object_file(self, bucket: str, key: str) -> Path:
+        """Where ``bucket/key`` lives on disk (it may not exist)."""
+        path = key_path(self.root, bucket, key)
+        assert path is not None, f"{bucket}/{key} cannot be a file"
+        return path
+
+    def read_object(self, bucket: str, key: str) -> bytes:
+        return self.object_file(bucket, key).read_bytes()
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys of a bucket, read from disk."""
+        return ObjectStore(self.root).keys(bucket, prefix)
+
+    def uploads(self, bucket: str) -> list[str]:
+        """Upload ids of the bucket's open multipart uploads, read from disk."""
+        return [u.upload_id for u in UploadStore(self.root).uploads(bucket)]
 
 
 def _parse_options(args: Sequence[str]) -> argparse.Namespace:
@@ -175,6 +228,7 @@ def start_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
         image_size: str = "1MiB",
         extra_args: Sequence[str] = (),
         root: Path | None = None,
+        dest_buckets: Sequence[str] = (),
     ) -> EmulatorHandle:
         if root is None:
             suffix = f"-{len(processes) + 1}" if processes else ""
@@ -183,6 +237,8 @@ def start_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
             "--port", "0", "--root", str(root), "--images", str(images),
             "--image-size", image_size, *extra_args,
         ]
+        for spec in dest_buckets:
+            args += ["--dest-bucket", spec]
         options = _parse_options(args)
         process = _Process(
             [sys.executable, "-m", "imagesync.emulator", *args],
@@ -199,6 +255,8 @@ def start_emulator(tmp_path: Path) -> Iterator[StartEmulator]:
             region=options.region,
             bucket=options.bucket,
             public_read=options.public_read,
+            readonly_keys=tuple((k.partition(":")[0], k.partition(":")[2]) for k in options.readonly_key),
+            popen=process.popen,
         )
 
     yield start

@@ -1,11 +1,18 @@
 """The control API under ``/_emulator/`` (no authentication; the server is loopback only).
 
 * ``POST /_emulator/faults`` - JSON object merged into the fault state (see ``faults``);
-  answers the new state; ``GET`` answers the current one.
+  answers the new state; ``GET`` answers the current one. The action ``forget_upload``
+  (an upload id or ``"*"``) removes multipart uploads at once; the answer then also has
+  ``forgotten`` (how many).
 * ``POST /_emulator/reset`` - back to the startup faults, statistics zeroed.
-* ``GET /_emulator/stats`` - ``ens_requests``, ``oss_requests``, ``object_gets``,
-  ``object_heads``, ``body_bytes_sent`` (object bodies), ``bytes_by_key``,
-  ``faults_injected``.
+* ``GET /_emulator/stats`` - ``ens_requests``, ``ens_listings`` (page-1 listings),
+  ``oss_requests``, ``object_gets``, ``object_heads``, ``body_bytes_sent`` (object bodies),
+  ``bytes_by_key``, ``faults_injected``, ``oss_operations`` (count per operation:
+  PutObject, DeleteObject, InitiateMultipartUpload, UploadPart, UploadPartCopy, ListParts,
+  CompleteMultipartUpload, AbortMultipartUpload, ListMultipartUploads, ListObjects,
+  ListObjectsV2), ``body_bytes_received`` and ``bytes_received_by_key`` (PUT bodies),
+  ``bytes_copied`` (UploadPartCopy, server-side).
+* ``GET /_emulator/buckets`` - ``{"<bucket>": "<region>", ...}``.
 * ``GET /_emulator/health`` - ``{"ok": true}``.
 """
 
@@ -38,7 +45,17 @@ def handle(emu: Emulator, req: Request) -> Response:
     route = (req.method, req.path.removeprefix("/_emulator").rstrip("/"))
     try:
         if route == ("POST", "/faults"):
-            return json_response(200, emu.faults.update(_json_body(req)))
+            fields = _json_body(req)
+            forget = fields.pop("forget_upload", None)
+            if forget is not None and not isinstance(forget, str):
+                raise FaultError("forget_upload must be an upload id or \"*\"")
+            state = emu.faults.update(fields)
+            if forget is not None:
+                state["forgotten"] = emu.uploads.forget(forget)
+                emu.faults.injected("forget_upload")
+            return json_response(200, state)
+        if route == ("GET", "/buckets"):
+            return json_response(200, emu.buckets.regions())
         if route == ("GET", "/faults"):
             return json_response(200, emu.faults.state())
         if route == ("POST", "/reset"):

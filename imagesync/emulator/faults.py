@@ -138,6 +138,8 @@ def _validate(name: str, value: Any) -> Any:
     if name in ("key", "crc_header"):
         if not isinstance(value, str):
             raise FaultError(f"{name} must be a string or null")
+        if name == "crc_header" and (not value.isprintable() or not all(ord(c) < 256 for c in value)):
+            raise FaultError("crc_header must be printable Latin-1 (it is sent as a header value)")
         return value
     if name == "stall_s":
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:

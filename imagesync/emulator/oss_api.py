@@ -130,7 +130,9 @@ def get_object(emu: Emulator, req: Request, bucket: str, key: str, request_id: s
         if md5_fault and meta.object_type == "Normal":
             emu.faults.injected("content_md5")
             meta = emu.objects.with_md5(bucket, key, opened)
-        return _answer(emu, req, bucket, key, meta, opened.file, request_id)
+        # PutObject objects always publish their MD5; samples only under the fault.
+        content_md5 = md5_fault or meta.etag_value is not None
+        return _answer(emu, req, bucket, key, meta, opened.file, request_id, content_md5)
     except BaseException:
         opened.file.close()
         raise
@@ -169,14 +171,14 @@ class _Limited:
 
 def _answer(
     emu: Emulator, req: Request, bucket: str, key: str, meta: ObjectMeta, file: BinaryIO,
-    request_id: str,
+    request_id: str, content_md5: bool,
 ) -> Response:
     crc_value = emu.faults.crc_header(key)
     if crc_value is not None:
         emu.faults.injected("crc_header")
     headers = object_headers(
         meta, request_id, crc64=not emu.faults.omits_crc64(key), crc_value=crc_value,
-        content_md5=True,
+        content_md5=content_md5,
     )
     verdict = preconditions(req.headers, meta.etag, meta.mtime_s)
     if verdict == 412:
