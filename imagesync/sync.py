@@ -173,6 +173,7 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
                 if (entry := manifest.get(image_id)) and entry.missing_since]
     await trio.to_thread.run_sync(writer.mark_missing, [e.image_id for e in plan.missing], _utc_now())
     await trio.to_thread.run_sync(writer.mark_present, relisted)
+    killpoints.reached("marked")
     progress = make_progress(options.progress, plan.bytes_to_transfer, options.quiet)
     outcomes = _planned_failures(plan)
     for failure in outcomes:
@@ -270,6 +271,7 @@ class _Workers:
         it hashes to the object's CRC-64; otherwise it is replaced once a new copy verifies."""
         assert item.info is not None
         started = time.monotonic()
+        killpoints.reached("adopt")
         try:
             digest = await trio.to_thread.run_sync(self._destination.digest, item.path,
                                                    limiter=self._limiter, abandon_on_cancel=True)

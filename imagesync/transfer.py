@@ -153,6 +153,7 @@ class ImageCopy:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush(batch)
+        killpoints.reached("body-complete")
         if self._digest.size != self._info.size:
             raise TransientError(
                 f"{self._source.location.public_url} ended after {self._digest.size} "

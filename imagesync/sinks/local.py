@@ -25,6 +25,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from .. import killpoints
 from ..checksum import Buffer, Digest, digest_fd
 from ..destination import Mirrored, PartialState
 from ..durable import Folder, destination_error, write_all
@@ -207,6 +208,9 @@ class LocalPartial:
         where = self.final.with_name(self._part)
         try:
             self._folder = folder = self._destination._folder_of(self._path, create=True)
+            for leftover in folder.names():  # a crash while the state was being replaced
+                if leftover.startswith(f".{self._state}.tmp-"):
+                    folder.unlink(leftover)
             if keep_bytes:
                 self._fd = fd = folder.open_regular(self._part, os.O_WRONLY)
             else:  # O_EXCL after removing what is there: never a planted link
@@ -220,6 +224,7 @@ class LocalPartial:
             self.close()
             raise destination_error(f"cannot write {where}", error) from None
         folder.replace(self._state, json.dumps(asdict(state)).encode())
+        killpoints.reached("state-written")
 
     def write(self, data: Buffer) -> None:
         assert self._fd is not None, "begin() first"
