@@ -25,12 +25,15 @@ from .config import EnsConfig
 from .credentials import Credentials
 from .errors import ApiError, MalformedResponseError
 from .retry import RetryPolicy
+from .units import parse_decimal
 
 ACTION = "DescribeExportImageInfo"
 API_VERSION = "2017-11-10"
 PAGE_SIZE = 50
 PAGE_CONCURRENCY = 4
 MAX_IMAGES = 1_000_000  # far above any real account; bounds the work a bad TotalCount can ask for
+MAX_RETRY_AFTER_MS = 3_600_000  # x-acs-retry-after beyond an hour is not a hint we can use
+MAX_SERVER_TEXT = 300  # characters of a server's string kept in a sentence
 RETRYABLE_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "UnknownError",
                    "SignatureNonceUsed")
 HINTS = {
@@ -115,42 +118,45 @@ class EnsClient:
         async with trio.open_nursery() as nursery:
             for number in range(2, page_count + 1):
                 nursery.start_soon(fetch, number)
-        received = sum(len(images) for images in pages.values())
-        if received < first.total_count:
-            raise MalformedResponseError(
-                f"ENS listed {received} images where TotalCount promised {first.total_count} "
-                "(the account may have changed while listing); try again"
-            )
         unique: dict[str, ExportedImage] = {}
         for number in sorted(pages):
             for image in pages[number]:
                 unique.setdefault(image.image_id, image)
+        # Count after de-duplicating: an image added and another deleted while paging shift a
+        # row from one page to the next, so a duplicate can stand in for an image never seen.
+        if len(unique) < first.total_count:
+            raise MalformedResponseError(
+                f"ENS listed {len(unique)} distinct images where TotalCount promised {first.total_count} "
+                "(the account may have changed while listing); try again"
+            )
         return list(unique.values())
 
     async def _page(self, number: int) -> _Page:
         params = {"PageNumber": str(number), "PageSize": str(PAGE_SIZE)}
-        body = await self._call(params)
-        return _parse_page(body, number)
+        return await self._call(params)
 
-    async def _call(self, params: Mapping[str, str]) -> Any:
+    async def _call(self, params: Mapping[str, str]) -> _Page:
         query = signing.canonical_query(params)
         url = self._url.copy_with(query=query.encode())
         problem = ""
-        for attempt in range(1, self._retry.max_attempts + 1):
+        attempts = self._retry.max_attempts
+        for attempt in range(1, attempts + 1):
+            retry_after_s: float | None = None
             try:
                 response = await self._http.post(url, headers=self._signed_headers(params))
             except httpx.TransportError as error:
                 problem = f"cannot reach the ENS endpoint {self._url}: {_describe(error)}"
-                await trio.sleep(self._retry.delay_s(attempt))
-                continue
-            if response.is_success:
-                return _json_body(response, params)
-            error_fields = _error_fields(response)
-            if not _is_retryable(response.status_code, error_fields[0]):
-                raise ApiError(_refusal(error_fields, response.status_code))
-            problem = _refusal(error_fields, response.status_code)
-            await trio.sleep(self._retry.delay_s(attempt, _retry_after_s(response)))
-        raise ApiError(f"{problem}; gave up after {self._retry.max_attempts} attempts")
+            else:
+                if response.is_success:
+                    return _parse_response(response.content, response.status_code, params)
+                error_fields = _error_fields(response.content, response.status_code)
+                if not _is_retryable(response.status_code, error_fields[0]):
+                    raise ApiError(_refusal(error_fields, response.status_code))
+                problem = _refusal(error_fields, response.status_code)
+                retry_after_s = _retry_after_s(response.headers)
+            if attempt < attempts:  # never wait after the last attempt: nothing follows it
+                await trio.sleep(self._retry.delay_s(attempt, retry_after_s))
+        raise ApiError(f"{problem}; gave up after {attempts} attempts")
 
     def _signed_headers(self, params: Mapping[str, str]) -> dict[str, str]:
         headers = {
@@ -183,23 +189,45 @@ def _is_retryable(status: int, code: str) -> bool:
     return status >= 500 or any(code == c or code.startswith(c + ".") for c in RETRYABLE_CODES)
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
-    value = response.headers.get("x-acs-retry-after", "")
-    return int(value) / 1000 if value.isdigit() and int(value) > 0 else None  # milliseconds
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """The server's ``x-acs-retry-after`` (milliseconds) in seconds, when it is a usable number."""
+    value = parse_decimal(headers.get("x-acs-retry-after", "").strip(), below=MAX_RETRY_AFTER_MS + 1)
+    return value / 1000 if value else None
 
 
-def _error_fields(response: httpx.Response) -> tuple[str, str, str]:
-    """``(Code, Message, RequestId)`` of an error answer, whatever its shape."""
+def _error_fields(content: bytes, status: int) -> tuple[str, str, str]:
+    """``(Code, Message, RequestId)`` of an error answer, whatever its shape, as plain strings."""
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
-        return (f"HTTP{response.status_code}", response.reason_phrase, "")
+        return (f"HTTP{status}", httpx.codes.get_reason_phrase(status), "")
     lowered = {str(k).lower(): v for k, v in body.items()}
     return tuple(  # type: ignore[return-value]
-        str(lowered.get(name, "")) for name in ("code", "message", "requestid")
+        _text(lowered.get(name)) for name in ("code", "message", "requestid")
     )
+
+
+def _text(value: Any) -> str:
+    """A server's string for a sentence: plain (never repr-quoted) and bounded; "" if not a string."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "..."
+
+
+def _shown(value: Any) -> str:
+    """What a JSON value is, for a sentence about a malformed answer."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"the number {value}" if abs(value) < 10**20 else "a huge number"
+    if isinstance(value, str):
+        return f'the string "{_text(value)}"'
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _refusal(fields: tuple[str, str, str], status: int) -> str:
@@ -211,25 +239,29 @@ def _refusal(fields: tuple[str, str, str], status: int) -> str:
     return f"{text}; {hint}" if hint else text
 
 
-def _json_body(response: httpx.Response, params: Mapping[str, str]) -> Any:
+def _parse_response(content: bytes, status: int, params: Mapping[str, str]) -> _Page:
+    """One page from the raw body of a successful answer; anything else is `MalformedResponseError`."""
+    page = params.get("PageNumber", "?")
     try:
-        return json.loads(response.content)
-    except ValueError:
-        page = params.get("PageNumber", "?")
+        body = json.loads(content)
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply to read
+        what = "JSON nested too deeply to read" if isinstance(error, RecursionError) else "not JSON"
         raise MalformedResponseError(
-            f"ENS answered page {page} of {ACTION} with a body that is not JSON "
-            f"(HTTP {response.status_code}, {len(response.content)} bytes)"
+            f"ENS answered page {page} of {ACTION} with a body that is {what} "
+            f"(HTTP {status}, {len(content)} bytes)"
         ) from None
+    return _parse_page(body, page)
 
 
-def _parse_page(body: Any, number: int) -> _Page:
+def _parse_page(body: Any, number: int | str) -> _Page:
     where = f"ENS answered page {number} of {ACTION} with a malformed body"
     if not isinstance(body, dict):
         raise MalformedResponseError(f"{where}: expected a JSON object")
-    request = f" (RequestId {body.get('RequestId')})" if body.get("RequestId") else ""
+    request_id = _text(body.get("RequestId"))
+    request = f" (RequestId {request_id})" if request_id else ""
     total = body.get("TotalCount")
     if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= MAX_IMAGES:
-        raise MalformedResponseError(f"{where}: TotalCount is {total!r}, expected a count{request}")
+        raise MalformedResponseError(f"{where}: TotalCount is {_shown(total)}, expected a count{request}")
     images = body.get("Images", {"Image": []})
     raw_list = images.get("Image", []) if isinstance(images, dict) else None
     if not isinstance(raw_list, list):
@@ -246,7 +278,7 @@ def _parse_image(raw: Any, where: str, request: str) -> ExportedImage:
     for api_name, (attribute, required) in _IMAGE_FIELDS.items():
         value = raw.get(api_name, None if required else "")
         if not isinstance(value, str) or (required and not value):
-            got = "missing" if value is None else f"{type(value).__name__} {value!r}"
+            got = "missing" if value is None else _shown(value)
             raise MalformedResponseError(f"{where}.{api_name} is {got}, expected a string{request}")
         values[attribute] = value
     return ExportedImage(**values)

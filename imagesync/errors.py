@@ -10,9 +10,14 @@
     ├── DestinationError           1  the destination cannot be written (permission, bad manifest)
     │   └── DiskFullError          1  stops the run; partial files stay for resume
     └── TransferError              -  one image failed; becomes an outcome, not an exit
-        ├── SourceChangedError        the object changed under a resume (412)
+        ├── TransientError            a drop, a stall, a 5xx or throttling: pause, then resume
+        ├── UrlExpiredError           the presigned URL expired: sign a new one and go on
+        ├── SourceChangedError        the object changed under a resume (412): start over
         ├── ChecksumMismatchError     bytes received differ from what OSS publishes
         └── UnsafeSourceError         the URL's scheme or host is not allowed
+
+A missing ``source.region`` (signing needs one and the URL's host does not tell it) is a
+`ConfigError`, raised before any object request: every image would fail the same way.
 
 Foreign exceptions (httpx, oss2, OSError) are translated once, where they are raised.
 """
@@ -72,6 +77,14 @@ class Interrupted(ImagesyncError):
 
 class TransferError(ImagesyncError):
     """One image could not be mirrored; the run goes on with the others."""
+
+
+class TransientError(TransferError):
+    """A dropped connection, a stall, a 5xx or throttling: retry from the current offset after a pause."""
+
+
+class UrlExpiredError(TransferError):
+    """OSS says the presigned URL has expired: sign a new one and go on."""
 
 
 class SourceChangedError(TransferError):

@@ -36,26 +36,50 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SUFFIXES = (PARTIAL_SUFFIX, STATE_SUFFIX)
 _RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_NAMES)
 _FORMATTER = string.Formatter()
+# A string format spec: [[fill]align][0][width][.precision][s], widths of at most 3 digits.
+_SPEC = re.compile(r"(?:.?[<>^])?0?[0-9]{0,3}(?:\.[0-9]{1,3})?s?", re.DOTALL)
+
+
+def template_problem(template: str) -> str | None:
+    """What a usable path template would be, when `template` is not one; None when it is.
+
+    The one check of a template, run when the config is loaded (so a bad one stops the run
+    before listing) and again by `render_path`. Fields are bare names from `FIELDS`: no
+    attribute or index access (``{image_id.__class__}``, ``{image_id[0]}``), no positional
+    ``{}``/``{0}``, no conversion but ``!s``, and a plain format spec (``{image_id:.12}``).
+    """
+    expected = "a template using only {" + "}, {".join(FIELDS) + "}"
+    if not template.strip():
+        return "a non-empty template"
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as error:
+        return f"{expected} (this one is malformed: {error})"
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in FIELDS:
+            return f"{expected}, without attribute or index access ({{{name}}} is not one of them)"
+        if conversion not in (None, "s"):
+            return f"{expected}, with no conversion but !s ({{{name}!{conversion}}} has one)"
+        if spec and _SPEC.fullmatch(spec) is None:
+            return f"{expected} and a plain format spec like {{{name}:.12}} ({spec!s} is not one)"
+    return None
 
 
 def render_path(template: str, image: ExportedImage) -> PurePosixPath:
     """The relative path `template` gives `image`; only the template's own ``/`` make folders."""
+    problem = template_problem(template)
+    if problem:
+        raise ConfigError(f"the path template {template} is not valid; expected {problem}")
     values = {name: _clean_value(getattr(image, name)) for name in FIELDS}
     pieces: list[str] = []
-    try:
-        for literal, field, spec, conversion in _FORMATTER.parse(template):
-            pieces.append(literal)
-            if field is None:
-                continue
-            if field not in values:
-                raise ConfigError(
-                    f"the path template {template!r} uses {{{field}}}; "
-                    f"known fields are {{{'}, {'.join(FIELDS)}}}"
-                )
-            value = _FORMATTER.convert_field(values[field], conversion)
-            pieces.append(_clean_value(_FORMATTER.format_field(value, spec or "")))
-    except ValueError as error:
-        raise ConfigError(f"the path template {template!r} is malformed: {error}") from None
+    for literal, field, spec, conversion in _FORMATTER.parse(template):
+        pieces.append(literal)
+        if field is None:
+            continue
+        value = _FORMATTER.convert_field(values[field], conversion)
+        pieces.append(_clean_value(_FORMATTER.format_field(value, spec or "")))
     parts = "".join(pieces).split("/")
     return PurePosixPath(*(_clean_component(part, first=i == 0) for i, part in enumerate(parts)))
 

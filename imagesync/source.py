@@ -1,8 +1,11 @@
 """Where image bytes come from: URL checks, OSS V4 presigning (oss2), HEAD and verified ranged GETs.
 
 An ExportedImageURL is a plain object locator. It is refused before any connection unless it is
-``https`` on an OSS host (``*.aliyuncs.com``) or its host is listed in ``source.allow_hosts``.
-httpx errors are translated here, once, into the `TransferError` family the transfer loop acts on.
+``https`` on an OSS bucket host (``<bucket>.<OSS endpoint>``, see `endpoints`) or its host is
+listed in ``source.allow_hosts``; ``source.endpoint_override`` is held to the same rule, since
+signed requests go there. Everything read from a server (status, headers, error bodies) is
+checked with strict rules before use; httpx errors are translated here, once, into the
+`TransferError` family the transfer loop acts on.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import ipaddress
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -23,13 +27,31 @@ import oss2
 
 from .config import SourceConfig
 from .credentials import Credentials
-from .errors import SourceChangedError, TransferError, UnsafeSourceError
+from .endpoints import host_allowed, is_oss_bucket_host, region_from_oss_host, split_bucket_host
+from .errors import (
+    ConfigError,
+    SourceChangedError,
+    TransferError,
+    TransientError,
+    UnsafeSourceError,
+    UrlExpiredError,
+)
+from .units import parse_decimal
 
-OSS_DOMAIN = ".aliyuncs.com"
+__all__ = [  # TransientError and UrlExpiredError live in errors.py; re-exported for old imports
+    "Body", "ObjectInfo", "ObjectLocation", "ObjectSource", "TransientError", "UrlExpiredError", "locate",
+]
+
 RESIGN_MARGIN_S = 60
 HTTP_READ_BYTES = 1 << 20
+MAX_OBJECT_BYTES = 1 << 50  # OSS objects stop at 48.8 TB; anything bigger is a broken header
+MAX_ERROR_BODY_BYTES = 64 << 10
+MAX_SERVER_TEXT = 300  # characters of a server's Code/Message/ETag kept in a sentence
 HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+# Printable ASCII without surrounding spaces: it goes back out in If-Match.
+ETAG = re.compile(r"[!-~](?:[ -~]{0,254}[!-~])?")
+IDENTITY = ("", "identity")
 
 
 def _widen_http_reads() -> None:
@@ -47,14 +69,6 @@ def _widen_http_reads() -> None:
 
 
 _widen_http_reads()
-
-
-class TransientError(TransferError):
-    """A dropped connection, a timeout or a 5xx: retry from the current offset after a pause."""
-
-
-class UrlExpiredError(TransferError):
-    """OSS says the presigned URL has expired: sign a new one and go on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,45 +89,85 @@ class ObjectInfo:
     size: int
     crc64ecma: int | None  # absent on some copied objects: then only the size can be checked
     last_modified: str
+    # Base64 of the 16-byte MD5 from HEAD's Content-MD5 (OSS sends it for simple uploads only).
+    # A value that is not base64 of exactly 16 bytes counts as absent: it is an optional
+    # checksum, and an unusable one must neither fail the image nor be trusted.
+    content_md5: str | None = None
 
 
 def locate(url: str, config: SourceConfig) -> ObjectLocation:
-    """Parse and vet an ExportedImageURL; raise `UnsafeSourceError` for anything not allowed."""
+    """Parse and vet an ExportedImageURL.
+
+    `UnsafeSourceError` for a URL (or ``source.endpoint_override``) that is not allowed;
+    `ConfigError` when signing needs a region that neither the host nor ``source.region``
+    gives, since then every image would fail the same way.
+    """
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
         shown = url.split("?")[0][:200]
-        raise UnsafeSourceError(f"refusing to download {shown!r}: not a valid URL") from None
+        raise UnsafeSourceError(f"refusing to download {shown}: not a valid URL") from None
     public_url = parts._replace(query="", fragment="").geturl()
     host = (parts.hostname or "").lower()
     allowed = {h.lower() for h in config.allow_hosts}
-    on_oss = host.endswith(OSS_DOMAIN) and parts.scheme == "https"
+    on_oss = is_oss_bucket_host(host) and parts.scheme == "https"
     listed = host in allowed and parts.scheme in ("http", "https")
     well_formed = _is_ip_or_localhost(host) or HOST_NAME.fullmatch(host) is not None
     if parts.username or parts.password or not well_formed or not (on_oss or listed):
         raise UnsafeSourceError(
-            f"refusing to download {public_url}: only https URLs on OSS hosts (*{OSS_DOMAIN}) "
-            "or hosts listed in source.allow_hosts are allowed"
+            f"refusing to download {public_url}: only https URLs on OSS bucket hosts "
+            "(<bucket>.oss-<region>.aliyuncs.com and the like) or hosts listed in source.allow_hosts "
+            "are allowed"
         )
-    path = unquote(parts.path).lstrip("/")
-    netloc = host if port is None else f"{host}:{port}"
-    if _is_ip_or_localhost(host):
-        bucket, _, key = path.partition("/")
-        endpoint = f"{parts.scheme}://{netloc}"
-        fetch_url = f"{endpoint}/{quote(bucket)}/{quote(key)}"
-    else:
-        bucket, _, service_host = netloc.partition(".")
-        key = path
-        endpoint = f"{parts.scheme}://{config.endpoint_override or service_host}"
-        fetch_url = f"{parts.scheme}://{bucket}.{config.endpoint_override or service_host}/{quote(key)}"
+    override = config.endpoint_override.lower()
+    if override and (not host_allowed(override, config.allow_hosts) or _bare_host_problem(override)):
+        raise UnsafeSourceError(
+            f"refusing to send requests for {public_url} to source.endpoint_override {override}: "
+            "expected an OSS endpoint like oss-cn-beijing-internal.aliyuncs.com, or a host listed "
+            "in source.allow_hosts"
+        )
+    bucket, key, endpoint, fetch_url = _addressing(parts.scheme, host, port, unquote(parts.path), override)
     if not BUCKET_NAME.fullmatch(bucket) or not key:
         raise UnsafeSourceError(f"cannot tell a valid OSS bucket and object key from {public_url}")
-    region = _region_from_host(host) or config.region
+    region = region_from_oss_host(host) or region_from_oss_host(override) or config.region
     if not region and config.sign:
-        raise TransferError(f"cannot tell the OSS region from {public_url}; set source.region")
+        raise ConfigError(
+            f"cannot tell the OSS signing region from {public_url}; set source.region "
+            '(a region id like "cn-hangzhou") in the config file'
+        )
     return ObjectLocation(public_url=public_url, endpoint=endpoint, fetch_url=fetch_url, bucket=bucket,
                           key=key, region=region)
+
+
+def _addressing(
+    scheme: str, host: str, port: int | None, path: str, override: str
+) -> tuple[str, str, str, str]:
+    """Bucket, key, the endpoint oss2 signs for, and the plain object URL for unsigned reads.
+
+    An IP or ``localhost`` host (the emulator) is path-style, ``/bucket/key``; an OSS host is
+    ``<bucket>.<endpoint>``, and ``source.endpoint_override`` (host only) replaces its endpoint.
+    """
+    netloc = host if port is None else f"{host}:{port}"
+    path = path.lstrip("/")
+    if _is_ip_or_localhost(host):
+        bucket, _, key = path.partition("/")
+        service = netloc
+    else:
+        split = split_bucket_host(host)
+        bucket, service_host = split if split else host.partition(".")[::2]
+        key = path
+        service = override or (service_host if port is None else f"{service_host}:{port}")
+    endpoint = f"{scheme}://{service}"
+    if _is_ip_or_localhost(host) or _is_ip_or_localhost(override):
+        fetch_url = f"{endpoint}/{quote(bucket)}/{quote(key)}"
+    else:
+        fetch_url = f"{scheme}://{bucket}.{service}/{quote(key)}"
+    return bucket, key, endpoint, fetch_url
+
+
+def _bare_host_problem(host: str) -> bool:
+    return not (_is_ip_or_localhost(host) or HOST_NAME.fullmatch(host))
 
 
 def _is_ip_or_localhost(host: str) -> bool:
@@ -124,18 +178,6 @@ def _is_ip_or_localhost(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _region_from_host(host: str) -> str:
-    """``bucket.oss-cn-beijing[-internal].aliyuncs.com`` and ``bucket.cn-beijing.oss.aliyuncs.com``."""
-    if not host.endswith(OSS_DOMAIN):
-        return ""
-    labels = host.split(".")
-    if len(labels) >= 4 and labels[1].startswith("oss-"):
-        return labels[1].removeprefix("oss-").removesuffix("-internal")
-    if len(labels) >= 5 and labels[2] == "oss":
-        return labels[1]
-    return ""
 
 
 class ObjectSource:
@@ -173,21 +215,25 @@ class ObjectSource:
         return str(url)
 
     async def head(self) -> ObjectInfo:
-        """The object's ETag, size and CRC-64, read with a HEAD request."""
+        """The object's ETag, size, CRC-64 and MD5, read with a HEAD request."""
+        url = self.location.public_url
         try:
             response = await self._http.head(self._url("HEAD"), headers={"Accept-Encoding": "identity"})
         except httpx.TransportError as error:
-            raise TransientError(f"HEAD {self.location.public_url} failed: {_describe(error)}") from None
+            raise TransientError(f"HEAD {url} failed: {_describe(error)}") from None
         if response.status_code != 200:
-            raise _status_error("HEAD", self.location.public_url, response)
-        return _object_info(response, self.location.public_url)
+            raise _status_error("HEAD", url, response.status_code, response.headers, response.content)
+        return _object_info(response.headers, url)
 
     @asynccontextmanager
-    async def open_range(self, start: int, expected: ObjectInfo) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open_range(self, start: int, expected: ObjectInfo) -> AsyncIterator[Body]:
         """Stream the object from ``start`` to its end, only if it is still ``expected``.
 
-        A ranged GET must come back 206 with exactly the Content-Range asked for: legacy OSS
-        answers a bad range with 200 and the whole object, which must never be appended.
+        A ranged GET must come back 206 with exactly the Content-Range asked for. A server
+        that ignores Range (legacy OSS on a bad range, some proxies) answers 200 with the whole
+        object: that is accepted only when its ETag and Content-Length show it is ``expected``,
+        and then the body's ``start`` is 0, so the caller must start its file over instead of
+        appending. The body never yields more than the object's size.
         """
         headers = {"Accept-Encoding": "identity", "If-Match": expected.etag,
                    "x-oss-range-behavior": "standard"}
@@ -199,60 +245,166 @@ class ObjectSource:
             response = await self._http.send(request, stream=True)
         except httpx.TransportError as error:
             raise TransientError(f"GET {url} failed: {_describe(error)}") from None
+        body: Body | None = None
         try:
             if response.status_code not in (200, 206):
-                await response.aread()
-            _check_body_response(response, start, expected, url)
-            yield _raw_body(response, url)
+                content = await _bounded_read(response)
+                raise _status_error("GET", url, response.status_code, response.headers, content)
+            body_start = _body_start(response.status_code, response.headers, start, expected, url)
+            body = Body(response, start=body_start, size=expected.size, url=url)
+            yield body
         finally:
+            if body is not None:
+                await body.aclose()
             await response.aclose()
 
 
-async def _raw_body(response: httpx.Response, url: str) -> AsyncIterator[bytes]:
+class Body:
+    """The bytes of one GET, in order: an async iterator of ``bytes``.
+
+    ``start`` is the object offset of the first byte: the offset asked for, or 0 when the
+    server sent the whole object instead. More bytes than the object holds are refused
+    (`SourceChangedError`) before they are yielded; a drop or a stall is a `TransientError`.
+    """
+
+    def __init__(self, response: httpx.Response, *, start: int, size: int, url: str) -> None:
+        self.start = start
+        # httpx's aiter_raw is an async generator: closed explicitly when the GET ends.
+        self._chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+        self._offset = start
+        self._size = size
+        self._url = url
+        timeout = response.request.extensions.get("timeout", {})
+        self._read_timeout_s = timeout.get("read") if isinstance(timeout, dict) else None
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._chunks.__anext__()
+        except httpx.ReadTimeout:
+            waited = f"{self._read_timeout_s:g} s" if self._read_timeout_s else "the read timeout"
+            raise TransientError(
+                f"reading {self._url} stalled at byte {self._offset} of {self._size}: nothing arrived "
+                f"for {waited} (transfer.read_timeout_s); the transfer resumes from there"
+            ) from None
+        except httpx.TransportError as error:
+            raise TransientError(
+                f"reading {self._url} failed at byte {self._offset} of {self._size}: {_describe(error)}"
+            ) from None
+        if len(chunk) > self._size - self._offset:
+            raise SourceChangedError(
+                f"{self._url} sent more than its {self._size} bytes (byte {self._offset + len(chunk)} "
+                "arrived); the object changed or the server is broken"
+            )
+        self._offset += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+
+async def _bounded_read(response: httpx.Response) -> bytes:
+    """At most `MAX_ERROR_BODY_BYTES` of an error answer: enough for OSS's XML, never a whole image."""
+    if response.is_stream_consumed:  # already read (a scripted answer in a test)
+        return response.content[:MAX_ERROR_BODY_BYTES]
+    data = bytearray()
     try:
         async for chunk in response.aiter_raw():
-            yield chunk
-    except httpx.TransportError as error:
-        raise TransientError(f"reading {url} failed: {_describe(error)}") from None
+            data += chunk
+            if len(data) >= MAX_ERROR_BODY_BYTES:
+                break
+    except httpx.TransportError:
+        pass  # the status alone still says what happened
+    return bytes(data[:MAX_ERROR_BODY_BYTES])
 
 
-def _check_body_response(response: httpx.Response, start: int, expected: ObjectInfo, url: str) -> None:
-    want_status = 206 if start else 200
-    if response.status_code != want_status:
-        if response.status_code in (200, 206):
-            raise TransientError(
-                f"GET {url} answered {response.status_code} where {want_status} was asked for")
-        raise _status_error("GET", url, response)
-    if start:
-        want_range = f"bytes {start}-{expected.size - 1}/{expected.size}"
-        if response.headers.get("content-range") != want_range:
-            raise SourceChangedError(
-                f"GET {url} answered Content-Range {response.headers.get('content-range')!r}, "
-                f"expected {want_range!r}; the object changed"
-            )
-    etag = response.headers.get("etag")
+def _body_start(status: int, headers: Mapping[str, str], start: int, expected: ObjectInfo, url: str) -> int:
+    """Where the body of a 200/206 answer begins in the object; raise when it cannot be used."""
+    fields = _lowered(headers)
+    encoding = fields.get("content-encoding", "").strip().lower()
+    if encoding not in IDENTITY:
+        raise TransferError(
+            f"GET {url} answered with Content-Encoding {_clip(encoding)} although identity was asked "
+            "for; encoded bytes are never stored"
+        )
+    etag = fields.get("etag")
     if etag is not None and etag != expected.etag:
-        raise SourceChangedError(f"{url} changed during the transfer (ETag {etag}, expected {expected.etag})")
+        raise SourceChangedError(
+            f"{url} changed during the transfer (ETag {_clip(etag)}, expected {expected.etag})")
+    length_text = fields.get("content-length")
+    length = None if length_text is None else parse_decimal(length_text.strip(), below=MAX_OBJECT_BYTES)
+    if length_text is not None and length is None:
+        raise TransientError(f"GET {url} answered an unusable Content-Length {_clip(length_text)}")
+    if status == 206:
+        want_range = f"bytes {start}-{expected.size - 1}/{expected.size}"
+        got_range = fields.get("content-range")
+        if got_range != want_range:
+            raise SourceChangedError(
+                f"GET {url} answered Content-Range {_clip(got_range or 'none')}, expected {want_range}; "
+                "the object changed"
+            )
+        _check_length(length, expected.size - start, url)
+        return start
+    # 200: the whole object, whatever was asked for.
+    _check_length(length, expected.size, url)
+    if start and (etag is None or length is None):
+        raise TransferError(
+            f"GET {url} ignored the Range header (HTTP 200) without an ETag and Content-Length that "
+            "show the whole object is unchanged; cannot resume from it"
+        )
+    return 0
 
 
-def _object_info(response: httpx.Response, url: str) -> ObjectInfo:
-    headers = response.headers
-    etag, crc = headers.get("etag"), headers.get("x-oss-hash-crc64ecma")
-    length = headers.get("content-length", "")
-    if not etag or not length.isdigit() or (crc is not None and not crc.isdigit()):
-        raise TransferError(f"HEAD {url} answered without a usable ETag, Content-Length or CRC-64")
+def _check_length(length: int | None, want: int, url: str) -> None:
+    if length is not None and length != want:
+        raise SourceChangedError(
+            f"GET {url} announced {length} bytes where {want} were expected; the object changed")
+
+
+def _object_info(headers: Mapping[str, str], url: str) -> ObjectInfo:
+    """The object's identity from HEAD's headers, each read by strict rules."""
+    fields = _lowered(headers)
+    etag = fields.get("etag", "")
+    if not ETAG.fullmatch(etag):
+        raise TransferError(f"HEAD {url} answered without a usable ETag ({_clip(etag) or 'none'})")
+    length_text = fields.get("content-length", "")
+    size = parse_decimal(length_text.strip(), below=MAX_OBJECT_BYTES)
+    if size is None:
+        shown = _clip(length_text) or "none"
+        raise TransferError(f"HEAD {url} answered without a usable Content-Length ({shown})")
+    crc_text = fields.get("x-oss-hash-crc64ecma")
+    crc = None if crc_text is None else parse_decimal(crc_text.strip(), below=1 << 64)
+    if crc_text is not None and crc is None:
+        raise TransferError(
+            f"HEAD {url} answered an unusable CRC-64 (x-oss-hash-crc64ecma {_clip(crc_text)})")
     return ObjectInfo(
         etag=etag,
-        size=int(length),
-        crc64ecma=int(crc) if crc is not None else None,
-        last_modified=headers.get("last-modified", ""),
+        size=size,
+        crc64ecma=crc,
+        last_modified=_clip(fields.get("last-modified", "")),
+        content_md5=_content_md5(fields.get("content-md5")),
     )
 
 
-def _status_error(method: str, url: str, response: httpx.Response) -> TransferError:
-    code, message, request_id = _oss_error_fields(response)
-    status = response.status_code
-    detail = f"{method} {url} answered HTTP {status} {code}: {message}".rstrip(": ")
+def _content_md5(text: str | None) -> str | None:
+    """The canonical base64 of a 16-byte MD5, or None for an absent or unusable header."""
+    if text is None:
+        return None
+    try:
+        digest = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return base64.b64encode(digest).decode() if len(digest) == 16 else None
+
+
+def _status_error(
+    method: str, url: str, status: int, headers: Mapping[str, str], body: bytes
+) -> TransferError:
+    code, message, request_id = _oss_error_fields(headers, body)
+    message = message or httpx.codes.get_reason_phrase(status) or "no reason given"
+    detail = f"{method} {url} answered HTTP {status}" + (f" {code}" if code else "") + f": {message}"
     if request_id:
         detail += f" (RequestId {request_id})"
     if status in (408, 429) or status >= 500:
@@ -266,19 +418,46 @@ def _status_error(method: str, url: str, response: httpx.Response) -> TransferEr
     return TransferError(detail)
 
 
-def _oss_error_fields(response: httpx.Response) -> tuple[str, str, str]:
-    """Code, Message, RequestId from the OSS error XML (in the body, or header x-oss-err on HEAD)."""
-    raw = response.content
+def _oss_error_fields(headers: Mapping[str, str], body: bytes) -> tuple[str, str, str]:
+    """Code, Message, RequestId from the OSS error XML (in the body, or header x-oss-err on HEAD).
+
+    Any bytes at all give three plain strings (maybe empty), each cut to `MAX_SERVER_TEXT`.
+    """
+    fields = _lowered(headers)
+    request_id = _clip(fields.get("x-oss-request-id", ""))
+    raw = body[:MAX_ERROR_BODY_BYTES]
     if not raw:
         try:
-            raw = base64.b64decode(response.headers.get("x-oss-err", ""), validate=True)
-        except binascii.Error:
+            raw = base64.b64decode(fields.get("x-oss-err", ""), validate=True)[:MAX_ERROR_BODY_BYTES]
+        except (binascii.Error, ValueError):  # ValueError: not even ASCII
             raw = b""
+    found = _error_xml(raw)
+    if found is None:
+        return ("", "", request_id)
+    code, message, xml_request_id = found
+    return (code, message, xml_request_id or request_id)
+
+
+def _error_xml(raw: bytes) -> tuple[str, str, str] | None:
+    # An OSS error is a flat <Error> document: refuse DTDs (entity expansion) outright.
+    if b"<!" in raw.replace(b"<!--", b""):
+        return None
     try:
-        root = ET.fromstring(raw)  # noqa: S314 - a small error document from the server we asked
-    except ET.ParseError:
-        return ("", response.reason_phrase, response.headers.get("x-oss-request-id", ""))
-    return tuple(root.findtext(name, "") for name in ("Code", "Message", "RequestId"))  # type: ignore[return-value]
+        root = ET.fromstring(raw)  # noqa: S314 - small, DTD-free, from the server we asked
+    except (ET.ParseError, ValueError, LookupError):
+        return None
+    return (_clip(root.findtext("Code") or ""), _clip(root.findtext("Message") or ""),
+            _clip(root.findtext("RequestId") or ""))
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(name).lower(): value for name, value in headers.items()}
+
+
+def _clip(text: str) -> str:
+    """A server's text as plain text for a sentence: stripped and bounded, never repr-quoted."""
+    text = text.strip()
+    return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "..."
 
 
 def _describe(error: httpx.TransportError) -> str:

@@ -107,3 +107,39 @@ def test_help_everywhere() -> None:
         result = imagesync(*command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
     assert imagesync("--version").stdout.startswith("imagesync ")
+
+
+def test_a_missing_signing_region_stops_the_run_before_any_object_request(emulator, tmp_path: Path) -> None:
+    """Once every image failed with the same sentence; now the run stops at the first (exit 2)."""
+    config = write_config(emulator, tmp_path / "sync.toml", tmp_path / "mirror", source={"region": None})
+    emulator.reset()
+    result = imagesync("sync", "-c", config)
+    assert result.returncode == 2, result.stderr
+    line = one_sentence(result)
+    assert "set source.region" in line
+    assert emulator.stats()["oss_requests"] == 0
+    assert not (tmp_path / "mirror").exists() or not any((tmp_path / "mirror").rglob("*.qcow2"))
+
+
+def test_an_endpoint_override_off_oss_exits_2_naming_the_key(emulator, tmp_path: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", tmp_path / "mirror",
+                          source={"endpoint_override": "collector.evil.example"})
+    result = imagesync("list", "-c", config)
+    assert result.returncode == 2
+    assert "source.endpoint_override = 'collector.evil.example' is not valid" in one_sentence(result)
+
+
+def test_concurrency_flag_has_the_config_bound(emulator, tmp_path: Path) -> None:
+    config = write_config(emulator, tmp_path / "sync.toml", tmp_path / "mirror")
+    result = imagesync("sync", "-c", config, "--concurrency", "1000", "--dry-run")
+    assert result.returncode == 2
+    assert "--concurrency 1000 is not valid; expected a number from 1 to 64" in one_sentence(result)
+
+
+def test_a_relative_destination_follows_the_config_file(emulator, tmp_path: Path) -> None:
+    """`url = "mirror"` means beside the config file, wherever imagesync is started from."""
+    (tmp_path / "conf").mkdir()
+    config = write_config(emulator, tmp_path / "conf" / "sync.toml", Path("mirror"))
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "conf" / "mirror" / "manifest.json").exists()

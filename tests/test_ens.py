@@ -1,6 +1,6 @@
 """The ENS client over scripted answers (httpx.MockTransport): paging, retries, refusals.
 
-The same behaviours are proven end to end against the emulator in tests/test_list_e2e.py.
+The same behaviours are proven end to end against the emulator in tests/test_cli_list.py.
 """
 
 from __future__ import annotations
@@ -52,13 +52,20 @@ async def test_pages_are_all_fetched_and_deduplicated() -> None:
     assert [i.image_id for i in images] == [f"m-{n:05d}" for n in range(120)]
     # An image that moves between pages while listing shows up twice: keep one.
     pages = {1: [image(n) for n in range(50)], 2: [image(1)] + [image(n) for n in range(50, 59)]}
-    duplicated = await list_with(paged(60, pages.__getitem__))
+    duplicated = await list_with(paged(59, pages.__getitem__))
     assert sorted(i.image_id for i in duplicated) == [f"m-{n:05d}" for n in range(59)]
+
+
+async def test_a_duplicate_standing_in_for_a_missed_image_is_an_error() -> None:
+    """An add plus a delete while paging: 60 rows arrive, but one is a repeat and m-00059 was never seen."""
+    pages = {1: [image(n) for n in range(50)], 2: [image(1)] + [image(n) for n in range(50, 59)]}
+    with pytest.raises(MalformedResponseError, match="listed 59 distinct images where TotalCount promised 60"):
+        await list_with(paged(60, pages.__getitem__))
 
 
 async def test_a_short_listing_is_an_error() -> None:
     """A server that pages differently than asked must not make images look deleted."""
-    with pytest.raises(MalformedResponseError, match="listed 20 images where TotalCount promised 100"):
+    with pytest.raises(MalformedResponseError, match="listed 20 distinct images where TotalCount promised 100"):
         await list_with(paged(100, lambda number: [image(number * 10 + n) for n in range(10)]))
 
 
@@ -115,6 +122,69 @@ async def test_retry_after_is_honoured(autojump_clock: trio.testing.MockClock) -
     assert trio.current_time() - start >= 7
 
 
+async def test_no_sleep_after_the_last_attempt(autojump_clock: trio.testing.MockClock) -> None:
+    """Two attempts, each asking for 60 s: one wait between them, none after the last one."""
+    start = trio.current_time()
+    with pytest.raises(ApiError, match="gave up after 2 attempts"):
+        await list_with(lambda request: ens_error(400, "Throttling", **{"x-acs-retry-after": "60000"}), attempts=2)
+    assert 60 <= trio.current_time() - start < 61
+
+
+class FixedDelay:
+    """A retry policy that always waits 10 s, so every sleep shows on the clock."""
+
+    max_attempts = 2
+
+    def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        return 10.0
+
+
+async def test_no_sleep_after_the_last_transport_failure(autojump_clock: trio.testing.MockClock) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    start = trio.current_time()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        client = EnsClient(http, endpoint="https://ens.test", credentials=CREDENTIALS,
+                           retry=FixedDelay())  # type: ignore[arg-type]
+        with pytest.raises(ApiError, match="gave up after 2 attempts"):
+            await client.list_images()
+    assert trio.current_time() - start == 10
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "1_000", " 12 ", "-5", "1e3", "9" * 40, "99999999999"])
+async def test_odd_retry_after_values_are_ignored_or_bounded(
+    value: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Non-ASCII digits pass str.isdigit() and once crashed int(); a huge hint is capped."""
+    failures: list[httpx.Response | Exception] = [
+        httpx.Response(400, json={"Code": "Throttling", "Message": "slow down"},
+                       headers=[(b"x-acs-retry-after", value.encode())])
+    ]
+    start = trio.current_time()
+    assert len(await list_with(flaky(failures))) == 3
+    assert trio.current_time() - start <= 120
+
+
+async def test_deeply_nested_json_is_a_malformed_answer() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(MalformedResponseError, match="JSON nested too deeply to read") as caught:
+        await list_with(lambda request: httpx.Response(200, content=deep))
+    assert caught.value.exit_code == 3
+    # The same nesting in an error answer still ends in one ApiError sentence.
+    with pytest.raises(ApiError, match="HTTP 400"):
+        await list_with(lambda request: httpx.Response(400, content=b'{"Code":' + deep + b"}"))
+
+
+async def test_server_strings_are_plain_text_in_messages() -> None:
+    """No repr quoting or escaping here: the output layer escapes what it prints."""
+    body = {"RequestId": "R-\u00e9", "Code": "Forbidden.X", "Message": "line1\nline2 'q'"}
+    with pytest.raises(ApiError) as caught:
+        await list_with(lambda request: httpx.Response(403, json=body))
+    assert "line1\nline2 'q'" in str(caught.value)
+    assert "R-\u00e9" in str(caught.value)
+
+
 async def test_throttling_storm_gives_up_with_a_sentence() -> None:
     with pytest.raises(ApiError) as caught:
         await list_with(lambda request: ens_error(400, "Throttling.User"), attempts=3)
@@ -152,10 +222,10 @@ async def test_fatal_codes_are_not_retried(status: int, code: str, hint: str) ->
     [
         (b"<html>proxy error</html>", "not JSON"),
         (json.dumps([1, 2]).encode(), "expected a JSON object"),
-        (json.dumps({"TotalCount": "3"}).encode(), "TotalCount is '3'"),
+        (json.dumps({"TotalCount": "3"}).encode(), 'TotalCount is the string "3"'),
         (json.dumps({"TotalCount": 1, "Images": "oops"}).encode(), "Images.Image is not a list"),
         (json.dumps({"TotalCount": 1, "Images": {"Image": [{**image(1), "ImageId": 7}]}}).encode(),
-         "Images.Image[0].ImageId is int 7"),
+         "Images.Image[0].ImageId is the number 7"),
         (json.dumps({"TotalCount": 1, "Images": {"Image": [{"ImageId": "m-1"}]}}).encode(),
          "ImageExportStatus is missing"),
         (json.dumps({"TotalCount": 1, "Images": {"Image": ["m-1"]}}).encode(), "Images.Image[0] is not an object"),

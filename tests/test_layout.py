@@ -19,6 +19,7 @@ from imagesync.layout import (
     assign_paths,
     render_path,
     resolve_inside,
+    template_problem,
 )
 
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -107,7 +108,9 @@ def test_empty_value_is_a_placeholder_folder() -> None:
     assert str(render_path("{platform}/{image_id}", image(platform=""))) == "_/m-1"
 
 
-@pytest.mark.parametrize("template", ["{name}.qcow2", "{image_id.upper}", "{image_id", "{0}"])
+@pytest.mark.parametrize("template", ["{name}.qcow2", "{image_id.upper}", "{image_id", "{0}", "{}",
+                                      "{image_id.__class__}", "{image_id[0]}", "{image_id!r}", "{image_id!a}",
+                                      "{image_id:{image_name}}", "{image_id:>999999999}", "{image_id:d}", ""])
 def test_bad_template_is_a_config_error(template: str) -> None:
     with pytest.raises(ConfigError, match="path template"):
         render_path(template, image())
@@ -302,3 +305,18 @@ def test_collision_tags_are_as_safe_as_rendered_names(template: str, ids: list[s
     paths = assign_paths(template, [image(image_id, "same") for image_id in ids])
     for path in paths.values():
         check_path(path)
+
+
+TEMPLATE_PIECES = st.sampled_from([*"{}!:.[]0s>r/_x 9", "image_id", "image_name", "platform"])
+
+
+@given(st.lists(TEMPLATE_PIECES, max_size=12).map("".join))
+def test_the_load_check_and_the_renderer_agree(template: str) -> None:
+    """One check: a template the config accepts renders for any image; one it refuses never does."""
+    problem = template_problem(template)
+    try:
+        check_path(render_path(template, image(image_name="n", platform="p")))
+    except ConfigError:
+        assert problem is not None
+    else:
+        assert problem is None
