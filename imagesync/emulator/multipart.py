@@ -163,7 +163,9 @@ def _upload_part_copy(emu: Emulator, req: Request, upload: Upload, number: int, 
     part = Part(number, size, etag, int(crc), False, md5.hexdigest(), tmp.stat().st_mtime_ns)
     _commit(emu, req, upload, part, tmp)
     children: list[Node] = [("LastModified", _iso(part.modified_ns)), ("ETag", etag)]
-    headers = [("Content-Range", f"bytes {first}-{last}/{meta.size}")] if meta.size else []
+    headers = [("ETag", etag)]  # oss2 reads the part's ETag from the header
+    if meta.size:
+        headers.append(("Content-Range", f"bytes {first}-{last}/{meta.size}"))
     return xml_response(("CopyPartResult", children), rid, headers)
 
 

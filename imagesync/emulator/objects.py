@@ -72,9 +72,8 @@ class ObjectMeta:
 
     @property
     def last_modified_iso(self) -> str:
-        """ISO-8601 with milliseconds, as OSS XML listings write it."""
-        when = time.gmtime(self.mtime_s)
-        return time.strftime("%Y-%m-%dT%H:%M:%S", when) + f".{(self.mtime_ns // 1_000_000) % 1000:03d}Z"
+        """ISO-8601 as OSS XML writes it (always ``.000Z``; oss2 accepts nothing else)."""
+        return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(self.mtime_s))
 
     def record(self) -> dict[str, Any]:
         """The sidecar fields besides bucket, key and stat."""
