@@ -78,15 +78,19 @@ def sample_blocks(seed: str, size: int) -> Iterator[memoryview]:
 
     The yielded buffer is reused: consume each block before asking for the next.
     """
-    pool = memoryview(random.Random(f"imagesync-emulator:{seed}").randbytes(2 * BLOCK_SIZE))
+    # An image of one block reads only the first ``size`` bytes of the pool, and randbytes(n)
+    # is a prefix of randbytes(m) for multiples of 4: small images skip most of the work.
+    pool_size = 2 * BLOCK_SIZE if size > BLOCK_SIZE else -(-size // 4) * 4
+    pool = memoryview(random.Random(f"imagesync-emulator:{seed}").randbytes(pool_size))
     tag = hashlib.sha256(seed.encode()).digest()[:8]
-    buf = bytearray(BLOCK_SIZE)
+    block_size = min(BLOCK_SIZE, max(size, 16))
+    buf = bytearray(block_size)
     view = memoryview(buf)
     offset = 0
     index = 0
     while offset < size:
         window = (index * 40_961 * 8) % BLOCK_SIZE
-        buf[16:] = pool[window + 16 : window + BLOCK_SIZE]
+        buf[16:] = pool[window + 16 : window + block_size]
         buf[:16] = tag + index.to_bytes(8, "big")
         if index == 0:
             head = _metadata_end(size)
