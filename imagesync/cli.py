@@ -191,7 +191,9 @@ def _sync_command(args: argparse.Namespace) -> int:
 
 def _verify_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    with contextlib.closing(open_destination(config)) as destination:
+    on_oss = config.destination.url.startswith("oss://")
+    credentials = resolve_credentials(config.credentials) if on_oss else None
+    with contextlib.closing(open_destination(config, credentials)) as destination:
         verdicts = trio.run(verify_mirror, destination, config.transfer.concurrency)
     bad = [v for v in verdicts if v.result is not VerifyResult.OK]
     if args.json:

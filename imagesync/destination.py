@@ -12,9 +12,12 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .checksum import Buffer, Digest
+
+if TYPE_CHECKING:  # only types: keeps this module free of the HTTP stack
+    from .source import ObjectInfo, ObjectLocation
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,8 +45,9 @@ class PartialCopy(Protocol):
         """The recorded state and the bytes kept; ``(None, 0)`` when nothing usable is there."""
         ...
 
-    def digest_kept(self, size: int) -> Digest:
-        """CRC-64 and sha256 of the first ``size`` bytes kept (to resume the running hashes)."""
+    def digest_kept(self, size: int) -> Digest | None:
+        """CRC-64 and sha256 of the first ``size`` bytes kept (to resume the running hashes), or
+        None where they cannot be read back (an OSS upload): the caller re-reads them from the source."""
         ...
 
     def begin(self, state: PartialState, *, keep_bytes: int) -> None:
@@ -122,3 +126,30 @@ class Destination(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerCopy:
+    """An object copied inside OSS and published under its final key."""
+
+    crc64ecma: int  # the source's, matched by the copy as far as OSS lets us check
+    sha256: str | None  # only when the copy was read back
+    verified: str  # manifest.VERIFIED_SERVER_SIDE, or VERIFIED_CRC64 when read back
+    seconds: float
+
+
+@runtime_checkable
+class ServerSideCopier(Protocol):
+    """A destination that can copy an object without its bytes crossing this host."""
+
+    def server_side_copy_reason(self, source: ObjectLocation) -> str | None:
+        """Why ``source`` can be copied server-side (e.g. "same region cn-hangzhou"); None if it cannot."""
+        ...
+
+    async def copy_server_side(self, source: ObjectLocation, info: ObjectInfo,
+                               path: PurePosixPath) -> ServerCopy:
+        """Copy, verify and publish under ``path`` (replacing what is there only once verified).
+
+        Raises `TransferError` for this image; the copy is then aborted, never published.
+        """
+        ...

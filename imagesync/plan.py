@@ -7,6 +7,7 @@ file. Planning reads the destination and never writes to it, so a dry run is jus
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import trio
 
 from . import killpoints
 from .config import FilterConfig
-from .destination import Destination, Mirrored, PartialState
+from .destination import Destination, Mirrored, PartialState, ServerSideCopier
 from .ens import ExportedImage
 from .errors import DestinationError, TransferError
 from .layout import assign_paths
@@ -52,6 +53,14 @@ class PlannedImage:
     # Hash the file under the final name first: kept if it is already the object (a disk seeded
     # by hand, or a crash between the rename of a download or replacement and its record).
     check_existing: bool = False
+    server_side: str | None = None  # why the destination copies it itself, when it does
+
+    @property
+    def route(self) -> str:
+        """How the bytes travel, for the plan: "server-side copy (why)" or "stream"."""
+        if self.action in (Action.SKIP, Action.FAIL):
+            return "-"
+        return f"server-side copy ({self.server_side})" if self.server_side else "stream"
 
     @property
     def bytes_to_transfer(self) -> int:
@@ -124,6 +133,7 @@ async def make_plan(
     make_source: Callable[[ExportedImage], ObjectSource],
     concurrency: int,
     retry: RetryPolicy,
+    server_side_copy: bool = True,
 ) -> Plan:
     paths = assign_paths(template, selection.selected, {i: e.path for i, e in manifest.entries.items()})
     items: dict[str, PlannedImage] = {}
@@ -131,9 +141,14 @@ async def make_plan(
 
     async def plan_one(image: ExportedImage) -> None:
         async with limiter:
-            items[image.image_id] = await _plan_image(
+            item = await _plan_image(
                 image, paths[image.image_id], manifest.get(image.image_id), destination, make_source, retry
             )
+            if server_side_copy and item.source is not None and isinstance(destination, ServerSideCopier):
+                reason = destination.server_side_copy_reason(item.source.location)
+                item = dataclasses.replace(item, server_side=reason, partial_bytes=0 if reason else
+                                           item.partial_bytes)
+            items[image.image_id] = item
 
     async with trio.open_nursery() as nursery:
         for image in selection.selected:

@@ -24,6 +24,7 @@ def plan_json(result: RunResult) -> dict[str, Any]:
                 "path": str(item.path),
                 "size": item.info.size if item.info else None,
                 "bytes_to_transfer": item.bytes_to_transfer,
+                "route": item.route,
                 "reason": item.reason,
             }
             for item in plan.items
@@ -44,7 +45,8 @@ def plan_lines(result: RunResult) -> list[str]:
     for item in plan.items:
         size = format_bytes(item.info.size) if item.info else "-"
         name = item.image.image_name
-        lines.append(f"{item.action.value:<8} {item.image.image_id}  {name}  {size}  {item.reason}")
+        route = f"  via {item.route}" if item.server_side else ""
+        lines.append(f"{item.action.value:<8} {item.image.image_id}  {name}  {size}  {item.reason}{route}")
     free = "unlimited" if plan.free_bytes is None else format_bytes(plan.free_bytes)
     lines.append(
         f"to transfer: {_images(len(plan.transfers))}, {format_bytes(plan.bytes_to_transfer)}; "

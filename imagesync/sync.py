@@ -24,13 +24,12 @@ import trio
 from . import killpoints
 from .config import Config
 from .credentials import Credentials
-from .destination import Destination, ManifestStore, PartialCopy
+from .destination import Destination, ManifestStore, PartialCopy, ServerSideCopier
 from .ens import ExportedImage, open_ens_client
 from .errors import (
     EXIT_IMAGE_FAILED,
     EXIT_OK,
     EXIT_SIGTERM,
-    ConfigError,
     DestinationError,
     Interrupted,
     TransferError,
@@ -97,7 +96,7 @@ class RunResult:
 
 async def run_sync(config: Config, credentials: Credentials, options: RunOptions) -> RunResult:
     started = time.monotonic()
-    with contextlib.closing(open_destination(config)) as destination:
+    with contextlib.closing(open_destination(config, credentials)) as destination:
         if not options.dry_run:
             await trio.to_thread.run_sync(destination.prepare)
         with nullcontext() if options.dry_run else destination.lock():
@@ -118,9 +117,13 @@ async def run_sync(config: Config, credentials: Credentials, options: RunOptions
                      dry_run=options.dry_run, destination=destination.name)
 
 
-def open_destination(config: Config) -> Destination:
+def open_destination(config: Config, credentials: Credentials | None) -> Destination:
+    """The destination ``destination.url`` names (an OSS one needs the source's credentials
+    unless ``[destination.credentials]`` gives its own)."""
     if config.destination.url.startswith("oss://"):
-        raise ConfigError("destination.url: oss:// destinations are not supported yet; use a local directory")
+        from .sinks.oss import open_oss_destination  # oss2's import cost only for OSS mirrors
+
+        return open_oss_destination(config, credentials)
     return LocalDestination(Path(config.destination.url).expanduser(),
                             refuse_unsafe_permissions=config.destination.refuse_unsafe_permissions)
 
@@ -145,7 +148,8 @@ async def _plan(config: Config, credentials: Credentials, destination: Destinati
 
     return await make_plan(images, selection, manifest=manifest, destination=destination,
                            template=config.destination.path_template, make_source=make_source,
-                           concurrency=config.transfer.concurrency * 2, retry=_retry_policy(config))
+                           concurrency=config.transfer.concurrency * 2, retry=_retry_policy(config),
+                           server_side_copy=config.destination.server_side_copy == "auto")
 
 
 def _retry_policy(config: Config) -> RetryPolicy:
@@ -256,6 +260,8 @@ class _Workers:
             adopted = await self._adopt(item)
             if adopted is not None:
                 return adopted
+        if item.server_side is not None:
+            return await self._copy_server_side(item)
         partial = self._destination.partial(item.path)
         copy = ImageCopy(item.source, partial, item.info, retry=self._retry,
                          limiter=self._limiter, on_bytes=self._advance(image_id))
@@ -266,6 +272,19 @@ class _Workers:
         return _Finished(outcome=_outcome(item, Result.MIRRORED, reason=item.reason, copied=copied),
                          entry=_entry(item, copied), partial=partial)
 
+    async def _copy_server_side(self, item: PlannedImage) -> _Finished:
+        assert item.source is not None and item.info is not None
+        assert isinstance(self._destination, ServerSideCopier)
+        try:
+            copy = await self._destination.copy_server_side(item.source.location, item.info, item.path)
+        except TransferError as error:
+            return _Finished(outcome=_outcome(item, Result.FAILED, reason=str(error)))
+        copied = Copied(info=item.info, sha256=copy.sha256, crc64ecma=copy.crc64ecma, verified=copy.verified,
+                        bytes_transferred=0, seconds=copy.seconds)
+        self._progress.advance(item.image.image_id, item.info.size)
+        outcome = _outcome(item, Result.MIRRORED, copied=copied, reason=item.route)
+        return _Finished(outcome=outcome, entry=_entry(item, copied))  # Complete published it
+
     async def _adopt(self, item: PlannedImage) -> _Finished | None:
         """Keep a file that is already there (a pre-seeded disk, a crash before its record) if
         it hashes to the object's CRC-64; otherwise it is replaced once a new copy verifies."""
@@ -273,6 +292,10 @@ class _Workers:
         started = time.monotonic()
         killpoints.reached("adopt")
         try:
+            mirrored = await trio.to_thread.run_sync(self._destination.stat, item.path)
+            known = mirrored.crc64ecma if mirrored is not None else None
+            if known is not None and known != item.info.crc64ecma:
+                return None  # the destination tells the CRC-64 without reading: no need to hash
             digest = await trio.to_thread.run_sync(self._destination.digest, item.path,
                                                    limiter=self._limiter, abandon_on_cancel=True)
         except DestinationError:

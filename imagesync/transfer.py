@@ -36,7 +36,7 @@ class Copied:
     """A verified copy now under its final name."""
 
     info: ObjectInfo
-    sha256: str
+    sha256: str | None  # None only for a server-side copy that was not read back
     crc64ecma: int
     verified: str  # manifest.VERIFIED_CRC64, VERIFIED_MD5 or SIZE_ONLY
     bytes_transferred: int
@@ -130,12 +130,27 @@ class ImageCopy:
         self._digest = Digest(md5=self._info.crc64ecma is None and self._info.content_md5 is not None)
         if keep:
             try:  # read-only, so a signal need not wait for it
-                self._digest = await trio.to_thread.run_sync(
+                kept = await trio.to_thread.run_sync(
                     self._partial.digest_kept, keep, limiter=self._limiter, abandon_on_cancel=True)
+                self._digest = kept if kept is not None else await self._rehash_from_source(keep)
             except (OSError, DestinationError):
                 keep = 0  # an unreadable partial is no use: fetch it all again
         killpoints.reached("begin")
         await self._thread(self._partial.begin, state, keep_bytes=keep)
+
+    async def _rehash_from_source(self, size: int) -> Digest:
+        """Hash the first ``size`` bytes of the source again, writing nothing: for a destination
+        that cannot read back what it kept (the bytes of an unfinished OSS upload)."""
+        digest = Digest(md5=self._digest.md5_base64 is not None)
+        async with self._source.open_range(0, self._info) as body:
+            async for chunk in body:
+                take = memoryview(chunk)[: size - digest.size]
+                await self._thread(digest.update, take)
+                if digest.size == size:
+                    break
+        if digest.size != size:
+            raise TransientError(f"{self._source.location.public_url} ended before byte {size}")
+        return digest
 
     async def _stream(self) -> None:
         """Append the rest of the object; on any error, what arrived so far is kept on disk."""

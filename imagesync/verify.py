@@ -34,22 +34,25 @@ class Verdict:
     reason: str = ""
 
 
-async def verify_mirror(destination: Destination, concurrency: int) -> list[Verdict]:
+async def verify_mirror(destination: Destination, concurrency: int, *, read: bool = False) -> list[Verdict]:
+    """Check every recorded image; ``read`` re-hashes bytes even where the destination tells
+    the CRC-64 without reading (an OSS object's header)."""
     with destination.lock(shared=True):  # never read a file a sync is replacing
         store = await trio.to_thread.run_sync(destination.manifest_store)
         manifest = await trio.to_thread.run_sync(Manifest.load, store)
-        if store is None or not manifest.entries and manifest.updated_at is None:
+        if store is None or (not manifest.entries and manifest.updated_at is None):
             raise DestinationError(f"{destination.name} has no manifest.json; nothing to verify")
-        return await _verify_entries(destination, manifest, concurrency)
+        return await _verify_entries(destination, manifest, concurrency, read)
 
 
-async def _verify_entries(destination: Destination, manifest: Manifest, concurrency: int) -> list[Verdict]:
+async def _verify_entries(destination: Destination, manifest: Manifest, concurrency: int,
+                          read: bool) -> list[Verdict]:
     limiter = trio.CapacityLimiter(concurrency)
     verdicts: dict[str, Verdict] = {}
 
     async def check(entry: ManifestEntry) -> None:
         verdicts[entry.image_id] = await trio.to_thread.run_sync(
-            _check_entry, destination, entry, limiter=limiter, abandon_on_cancel=True)
+            _check_entry, destination, entry, read, limiter=limiter, abandon_on_cancel=True)
         killpoints.reached("verified-one")
 
     async with trio.open_nursery() as nursery:
@@ -58,7 +61,7 @@ async def _verify_entries(destination: Destination, manifest: Manifest, concurre
     return [verdicts[image_id] for image_id in sorted(verdicts)]
 
 
-def _check_entry(destination: Destination, entry: ManifestEntry) -> Verdict:
+def _check_entry(destination: Destination, entry: ManifestEntry, read: bool) -> Verdict:
     def verdict(result: Result, reason: str = "") -> Verdict:
         return Verdict(image_id=entry.image_id, path=entry.path, result=result, reason=reason)
 
@@ -68,7 +71,13 @@ def _check_entry(destination: Destination, entry: ManifestEntry) -> Verdict:
         if found is None:
             return verdict(Result.MISSING, f"{entry.path} is not there (or is not a regular file)")
         if found.size != entry.size:
-            return verdict(Result.CORRUPT, f"{entry.path} has {found.size} bytes, the manifest records {entry.size}")
+            return verdict(Result.CORRUPT,
+                           f"{entry.path} has {found.size} bytes, the manifest records {entry.size}")
+        if found.crc64ecma is not None and not read:
+            if str(found.crc64ecma) != entry.crc64ecma:
+                return verdict(Result.CORRUPT, f"{entry.path} has CRC-64 {found.crc64ecma}, "
+                               f"the manifest records {entry.crc64ecma}")
+            return verdict(Result.OK)
         digest = destination.digest(path)
     except DestinationError as error:
         return verdict(Result.UNREADABLE, str(error))
