@@ -325,7 +325,8 @@ def _body_start(status: int, headers: Mapping[str, str], start: int, expected: O
     fields = _lowered(headers)
     encoding = fields.get("content-encoding", "").strip().lower()
     if encoding not in IDENTITY:
-        raise TransferError(
+        # A misbehaving proxy may do this once: retried, and never written.
+        raise TransientError(
             f"GET {url} answered with Content-Encoding {_clip(encoding)} although identity was asked "
             "for; encoded bytes are never stored"
         )

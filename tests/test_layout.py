@@ -7,7 +7,7 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagesync.ens import ExportedImage
@@ -310,6 +310,7 @@ def test_collision_tags_are_as_safe_as_rendered_names(template: str, ids: list[s
 TEMPLATE_PIECES = st.sampled_from([*"{}!:.[]0s>r/_x 9", "image_id", "image_name", "platform"])
 
 
+@settings(deadline=None)
 @given(st.lists(TEMPLATE_PIECES, max_size=12).map("".join))
 def test_the_load_check_and_the_renderer_agree(template: str) -> None:
     """One check: a template the config accepts renders for any image; one it refuses never does."""
