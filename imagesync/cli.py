@@ -9,22 +9,26 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from . import __version__, emulator
-from .config import DEFAULT_CONFIG_PATH, load_config, with_overrides
+from . import __version__, emulator, metrics
+from .config import DEFAULT_CONFIG_PATH, Config, load_config, with_overrides
 from .credentials import resolve_credentials
 from .ens import ExportedImage, open_ens_client
-from .errors import EXIT_IMAGE_FAILED, EXIT_SIGINT, ImagesyncError, Interrupted
+from .errors import EXIT_IMAGE_FAILED, EXIT_LOCKED, EXIT_SIGINT, ImagesyncError, Interrupted
 from .progress import printable
 from .summary import plan_json, plan_lines, summary_json, summary_lines
-from .sync import RunOptions, open_destination, run_sync
+from .sync import Result as SyncResult
+from .sync import RunOptions, RunResult, open_destination, run_sync
 from .verify import Result as VerifyResult
 from .verify import verify_mirror
 
@@ -54,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagesync",
-        description="Mirror exported Alibaba Cloud ENS images to local disk, verified and resumable.",
+        description="Mirror exported Alibaba Cloud ENS images to local disk or another OSS bucket, "
+        "verified and resumable.",
     )
     parser.add_argument("--version", action="version", version=f"imagesync {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -72,14 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
     syncing.add_argument("--concurrency", type=int, metavar="N", help="images transferred at once")
     syncing.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                          help="progress bars: auto (when stderr is a terminal), always or never")
+    syncing.add_argument("--wait", action="store_true",
+                         help="keep polling while selected images are exporting; mirror each as it turns "
+                         "Exported ([wait] interval_s, timeout_s)")
+    syncing.add_argument("--checksum", action="store_true",
+                         help="re-hash every mirrored file before deciding to skip it")
+    syncing.add_argument("--bwlimit", metavar="RATE",
+                         help="cap the bandwidth of all transfers together, e.g. 200MB/s or 50MiB/s "
+                         "(overrides transfer.max_bandwidth)")
+    syncing.add_argument("--ignore-free-space", action="store_true",
+                         help="start even when the plan does not fit in the destination's free space")
     syncing.set_defaults(handler=_sync_command)
 
     verifying = commands.add_parser(
         "verify", help="re-hash the mirror against the manifest",
-        description="Re-hash every file the manifest lists (size, CRC-64, sha256); reads only.",
+        description="Re-hash every file the manifest lists (size, CRC-64, sha256) and record what was "
+        "found, so the next sync fetches missing or corrupt images again.",
     )
     _add_common(verifying)
+    verifying.add_argument("--repair", action="store_true",
+                           help="then fetch again what is missing or corrupt (exit 0 when all ended healed)")
+    verifying.add_argument("--read", action="store_true",
+                           help="on an oss:// mirror, re-hash the bytes instead of comparing HEAD's CRC-64")
     verifying.set_defaults(handler=_verify_command)
+
+    example = commands.add_parser(
+        "example-config", help="print the annotated example config",
+        description="Print the annotated example config (every key with its default) on stdout.",
+    )
+    example.set_defaults(handler=_example_config_command)
 
     listing = commands.add_parser(
         "list", help="list every image the API reports, in any status",
@@ -171,10 +197,48 @@ def _first_imagesync_error(raised: BaseException) -> ImagesyncError | None:
 
 def _sync_command(args: argparse.Namespace) -> int:
     config = with_overrides(load_config(args.config), concurrency=args.concurrency,
-                            image_ids=tuple(args.image_id))
+                            image_ids=tuple(args.image_id), bwlimit=args.bwlimit)
+    options = RunOptions(dry_run=args.dry_run, progress=args.progress, quiet=args.quiet, wait=args.wait,
+                         checksum=args.checksum, ignore_free_space=args.ignore_free_space)
+    if args.dry_run or not config.run.metrics_file:
+        return _sync_and_report(args, config, options)
+    started = time.time()
+    result: RunResult | None = None
+    code = EXIT_IMAGE_FAILED
+    try:
+        result = _run(config, options)
+        code = _report_sync(args, result)
+        return code
+    except ImagesyncError as error:
+        code = error.exit_code
+        raise
+    except (KeyboardInterrupt, BaseExceptionGroup) as raised:
+        first = _first_imagesync_error(raised)
+        code = first.exit_code if first is not None else EXIT_IMAGE_FAILED
+        raise
+    finally:
+        if code != EXIT_LOCKED:  # the run holding the lock owns the figures
+            _write_run_metrics(config, started, code, result)
+
+
+def _run(config: Config, options: RunOptions) -> RunResult:
     credentials = resolve_credentials(config.credentials)
-    options = RunOptions(dry_run=args.dry_run, progress=args.progress, quiet=args.quiet)
-    result = trio.run(run_sync, config, credentials, options)
+    return trio.run(run_sync, config, credentials, options)
+
+
+def _sync_and_report(args: argparse.Namespace, config: Config, options: RunOptions) -> int:
+    return _report_sync(args, _run(config, options))
+
+
+def _write_run_metrics(config: Config, started: float, code: int, result: RunResult | None) -> None:
+    counts = Counter(o.result for o in result.outcomes) if result else Counter()
+    metrics.write_run_metrics(Path(config.run.metrics_file), metrics.RunMetrics(
+        start=started, end=time.time(), exit_code=code, mirrored=counts[SyncResult.MIRRORED],
+        skipped=counts[SyncResult.SKIPPED], failed=counts[SyncResult.FAILED],
+        bytes_transferred=sum(o.bytes_transferred for o in result.outcomes) if result else 0))
+
+
+def _report_sync(args: argparse.Namespace, result: RunResult) -> int:
     document = plan_json(result) if result.dry_run else summary_json(result)
     if args.json:
         print(json.dumps(document, indent=2))
@@ -194,16 +258,33 @@ def _verify_command(args: argparse.Namespace) -> int:
     on_oss = config.destination.url.startswith("oss://")
     credentials = resolve_credentials(config.credentials) if on_oss else None
     with contextlib.closing(open_destination(config, credentials)) as destination:
-        verdicts = trio.run(verify_mirror, destination, config.transfer.concurrency)
+        verdicts = trio.run(partial(verify_mirror, destination, config.transfer.concurrency, read=args.read))
     bad = [v for v in verdicts if v.result is not VerifyResult.OK]
+    if config.run.metrics_file:
+        metrics.write_verify_metrics(Path(config.run.metrics_file), at=time.time(), problems=len(bad))
     if args.json:
         print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2))
     for verdict in bad:
         log.error("%s %s: %s", verdict.result, verdict.image_id, verdict.reason)
     if not args.quiet or bad:
-        (log.error if bad else log.info)("%d of %d mirrored images verified", len(verdicts) - len(bad),
-                                         len(verdicts))
-    return EXIT_IMAGE_FAILED if bad else 0
+        (log.error if bad and not args.repair else log.info)(
+            "%d of %d mirrored images verified", len(verdicts) - len(bad), len(verdicts))
+    if not bad or not args.repair:
+        return EXIT_IMAGE_FAILED if bad else 0
+    log.info("repairing %d image%s: fetching again", len(bad), "" if len(bad) == 1 else "s")
+    repair = with_overrides(config, image_ids=tuple(v.image_id for v in bad))
+    result = _run(repair, RunOptions(progress="never", quiet=args.quiet))
+    if not (args.quiet and result.exit_code == 0):
+        _print_lines(summary_lines(result), to_stderr=True)
+    return result.exit_code
+
+
+# --- example-config -------------------------------------------------------------------
+
+
+def _example_config_command(args: argparse.Namespace) -> int:
+    sys.stdout.write(resources.files("imagesync").joinpath("sync.example.toml").read_text(encoding="utf-8"))
+    return 0
 
 
 # --- list -----------------------------------------------------------------------------

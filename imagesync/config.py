@@ -216,7 +216,8 @@ def load_config(path: Path) -> Config:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {path} not found; copy sync.example.toml there or pass -c FILE"
+            f"config file {path} not found; write one with: imagesync example-config > {path} (then edit "
+            "it), or pass -c FILE"
         ) from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None

@@ -41,6 +41,8 @@ VERIFIED_MD5 = "md5+sha256"
 SIZE_ONLY = "size-only"
 VERIFIED_SERVER_SIDE = "crc64-server-side"
 VERIFICATIONS = (VERIFIED_CRC64, VERIFIED_MD5, SIZE_ONLY, VERIFIED_SERVER_SIDE)
+VERIFY_PROBLEMS = ("missing", "corrupt", "unreadable")
+_OPTIONAL = ("missing_since", "verify_problem")
 
 
 def format_time(when: datetime | str) -> str:
@@ -72,6 +74,7 @@ class ManifestEntry:
     mirrored_at: str
     verified: str = VERIFIED_CRC64
     missing_since: str | None = None
+    verify_problem: str | None = None  # what the last `imagesync verify` found wrong: the next sync refetches
 
     def __post_init__(self) -> None:
         url = urlsplit(self.source_url)
@@ -88,6 +91,8 @@ class ManifestEntry:
         data = {name: getattr(self, name) for name in _FIELDS}
         if self.missing_since is not None:
             data["missing_since"] = self.missing_since
+        if self.verify_problem is not None:
+            data["verify_problem"] = self.verify_problem
         return data
 
     @classmethod
@@ -97,13 +102,13 @@ class ManifestEntry:
             raise DestinationError(f"{where} is not a JSON object; repair or remove it")
         if isinstance(data.get("image_id"), str):
             where = f"{where} (image {data['image_id']})"
-        values: dict[str, Any] = {name: data.get(name) for name in (*_FIELDS, "missing_since")}
+        values: dict[str, Any] = {name: data.get(name) for name in (*_FIELDS, *_OPTIONAL)}
         values["verified"] = data.get("verified", VERIFIED_CRC64)  # manifests before it was recorded
         for name, value in values.items():
             if name == "size":
                 ok, expected = type(value) is int, "an integer"
             else:
-                ok = isinstance(value, str) or (name in ("missing_since", "sha256") and value is None)
+                ok = isinstance(value, str) or (name in (*_OPTIONAL, "sha256") and value is None)
                 expected = "a string"
             if not ok:
                 got = "missing" if value is None else repr(value)
@@ -133,6 +138,8 @@ def _problem(entry: ManifestEntry) -> str | None:
         (bool(_TIME.fullmatch(entry.mirrored_at)), f"mirrored_at is {entry.mirrored_at!r}, {times}"),
         (entry.missing_since is None or bool(_TIME.fullmatch(entry.missing_since)),
          f"missing_since is {entry.missing_since!r}, {times}"),
+        (entry.verify_problem in (None, *VERIFY_PROBLEMS),
+         f"verify_problem is {entry.verify_problem!r}, expected one of {', '.join(VERIFY_PROBLEMS)}"),
     )
     return next((message for ok, message in checks if not ok), None)
 
@@ -149,31 +156,34 @@ class Manifest:
 
     entries: Mapping[str, ManifestEntry] = field(default_factory=dict)
     updated_at: str | None = None
+    last_verify: Mapping[str, Any] | None = None  # {"at", "checked", "problems"} of the last verify
 
     @classmethod
     def load(cls, store: ManifestStore | None) -> Manifest:
         """The manifest in `store` with its journal replayed; empty if there is none (or no store)."""
-        entries: dict[str, ManifestEntry] = {}
-        updated_at = None
+        state = _State()
         if store is None:
-            return cls(MappingProxyType(entries), updated_at)
+            return cls(MappingProxyType(state.entries))
         raw = store.read_manifest()
         if raw is not None:
-            updated_at, entries = _parse_document(raw, store.where)
+            state = _parse_document(raw, store.where)
         journal = store.read_journal()
         if journal:
-            _replay(journal, entries, store.journal_where)
-        return cls(MappingProxyType(entries), updated_at)
+            _replay(journal, state, store.journal_where)
+        return cls(MappingProxyType(state.entries), state.updated_at, state.last_verify)
 
     def get(self, image_id: str) -> ManifestEntry | None:
         return self.entries.get(image_id)
 
 
-def render_manifest(entries: Iterable[ManifestEntry], updated_at: str) -> bytes:
+def render_manifest(entries: Iterable[ManifestEntry], updated_at: str,
+                    last_verify: Mapping[str, Any] | None = None) -> bytes:
     """The bytes of manifest.json: images sorted by image_id."""
     images = [entry.to_json() for entry in sorted(entries, key=lambda entry: entry.image_id)]
-    text = json.dumps({"version": VERSION, "updated_at": updated_at, "images": images},
-                      indent=2, ensure_ascii=False)
+    document: dict[str, Any] = {"version": VERSION, "updated_at": updated_at}
+    if last_verify is not None:
+        document["last_verify"] = dict(last_verify)
+    text = json.dumps({**document, "images": images}, indent=2, ensure_ascii=False)
     # A name from the API may hold a lone surrogate; "\udxxx" is then also its JSON escape.
     return (text + "\n").encode("utf-8", "backslashreplace")
 
@@ -214,6 +224,7 @@ class ManifestWriter:
         self.compactions = 0  # how many times manifest.json was rewritten
         self._store = store
         self._entries = dict(manifest.entries)
+        self._last_verify = manifest.last_verify
         self._interval_s = compact_interval_s
         self._clock = clock
         self._last_compaction = clock()
@@ -240,12 +251,20 @@ class ManifestWriter:
         """Clear the mark of entries whose image the API lists again."""
         self._mark(image_ids, None)
 
+    def record_verify(self, when: datetime | str, problems: Mapping[str, str], checked: int) -> None:
+        """What a verify run found: ``problems`` (image_id -> missing/corrupt/unreadable) are
+        marked so the next sync fetches them again; every other entry is cleared."""
+        at = format_time(when)
+        self._append({"op": "verify", "at": at, "checked": checked, "problems": dict(problems)})
+        _set_verdicts(self._entries, problems)
+        self._last_verify = {"at": at, "checked": checked, "problems": len(problems)}
+
     def compact(self) -> None:
         """Publish manifest.json and SHA256SUMS atomically, then empty the journal."""
         self._check_open()
         entries = list(self._entries.values())
         killpoints.reached("compaction")
-        self._store.publish(render_manifest(entries, format_time(datetime.now(UTC))),
+        self._store.publish(render_manifest(entries, format_time(datetime.now(UTC)), self._last_verify),
                             render_sha256sums(entries))
         killpoints.reached("after-publish")
         self._store.clear_journal()
@@ -287,7 +306,16 @@ class ManifestWriter:
         self._dirty = True
 
 
-def _parse_document(raw: bytes, path: str) -> tuple[str | None, dict[str, ManifestEntry]]:
+@dataclass(slots=True)
+class _State:
+    """What loading a manifest and replaying its journal builds up."""
+
+    entries: dict[str, ManifestEntry] = field(default_factory=dict)
+    updated_at: str | None = None
+    last_verify: dict[str, Any] | None = None
+
+
+def _parse_document(raw: bytes, path: str) -> _State:
     hint = "restore it from a backup or repair it by hand"
     try:
         document = json.loads(raw.decode("utf-8-sig"))
@@ -301,29 +329,38 @@ def _parse_document(raw: bytes, path: str) -> tuple[str | None, dict[str, Manife
     if document.get("version") != VERSION:
         raise DestinationError(f"{path} has version {document.get('version')!r}; "
                                f"this imagesync reads version {VERSION}")
-    updated_at = document.get("updated_at")
-    entries: dict[str, ManifestEntry] = {}
+    state = _State(updated_at=document.get("updated_at") if isinstance(document.get("updated_at"), str)
+                   else None, last_verify=_last_verify(document.get("last_verify")))
     for index, raw_entry in enumerate(document["images"]):
         entry = ManifestEntry.from_json(raw_entry, where=f"{path}, images[{index}]")
-        if entry.image_id in entries:
+        if entry.image_id in state.entries:
             raise DestinationError(f"{path}, images[{index}]: image {entry.image_id} is listed "
                                    "twice; remove one of the entries")
-        entries[entry.image_id] = entry
-    return (updated_at if isinstance(updated_at, str) else None), entries
+        state.entries[entry.image_id] = entry
+    return state
 
 
-def _replay(raw: bytes, entries: dict[str, ManifestEntry], path: str) -> None:
-    """Apply the journal's lines to `entries`; a torn last line (a crash mid-write) is ignored."""
+def _last_verify(value: object) -> dict[str, Any] | None:
+    """The last verify's summary, only when it has the shape we write."""
+    if (isinstance(value, dict) and isinstance(value.get("at"), str) and _TIME.fullmatch(value["at"])
+            and all(type(value.get(k)) is int for k in ("checked", "problems"))):
+        return {"at": value["at"], "checked": value["checked"], "problems": value["problems"]}
+    return None
+
+
+def _replay(raw: bytes, state: _State, path: str) -> None:
+    """Apply the journal's lines to `state`; a torn last line (a crash mid-write) is ignored."""
     *lines, torn = raw.split(b"\n")
     for number, line in enumerate(lines, 1):
         if line.strip():
-            _apply(line, entries, f"{path}, line {number}")
+            _apply(line, state, f"{path}, line {number}")
     if torn.strip():
         with contextlib.suppress(DestinationError):
-            _apply(torn, entries, f"{path}, line {len(lines) + 1}")
+            _apply(torn, state, f"{path}, line {len(lines) + 1}")
 
 
-def _apply(line: bytes, entries: dict[str, ManifestEntry], where: str) -> None:
+def _apply(line: bytes, state: _State, where: str) -> None:
+    entries = state.entries
     try:
         op = json.loads(line)
     except (ValueError, RecursionError):
@@ -332,6 +369,13 @@ def _apply(line: bytes, entries: dict[str, ManifestEntry], where: str) -> None:
         entry = ManifestEntry.from_json(op.get("entry"), where=where)
         entries[entry.image_id] = entry
         return
+    if isinstance(op, dict) and op.get("op") == "verify":
+        problems, summary = op.get("problems"), _last_verify({**op, "problems": 0})
+        if (summary is not None and isinstance(problems, dict)
+                and all(isinstance(k, str) and v in VERIFY_PROBLEMS for k, v in problems.items())):
+            _set_verdicts(entries, problems)
+            state.last_verify = {**summary, "problems": len(problems)}
+            return
     if isinstance(op, dict) and op.get("op") == "mark":
         ids, since = op.get("image_ids"), op.get("since")
         if (isinstance(ids, list) and all(isinstance(i, str) for i in ids)
@@ -339,6 +383,12 @@ def _apply(line: bytes, entries: dict[str, ManifestEntry], where: str) -> None:
             _set_missing(entries, ids, since)
             return
     raise DestinationError(f"{where} is not a journal record; repair or remove that line")
+
+
+def _set_verdicts(entries: dict[str, ManifestEntry], problems: Mapping[str, str]) -> None:
+    for image_id, entry in entries.items():
+        if entry.verify_problem != problems.get(image_id):
+            entries[image_id] = replace(entry, verify_problem=problems.get(image_id))
 
 
 def _set_missing(entries: dict[str, ManifestEntry], ids: Iterable[str], since: str | None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -86,6 +86,7 @@ class Plan:
     selection: Selection
     missing: list[ManifestEntry]  # mirrored earlier, no longer listed by the API
     free_bytes: int | None  # None where the destination has no such limit
+    paths: Mapping[str, PurePosixPath] = field(default_factory=dict)  # image_id -> path, waiting ones too
 
     @property
     def transfers(self) -> list[PlannedImage]:
@@ -123,41 +124,65 @@ def _name_passes(name: str, filters: FilterConfig) -> bool:
     return included and not any(fnmatch.fnmatchcase(name, pattern) for pattern in filters.exclude)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanOptions:
+    template: str
+    concurrency: int  # HEADs at once
+    retry: RetryPolicy
+    server_side_copy: bool = True  # let a destination that can copy inside OSS do so
+    checksum: bool = False  # re-hash mirrored files before deciding to skip them
+
+
 async def make_plan(
     images: Sequence[ExportedImage],
     selection: Selection,
     *,
     manifest: Manifest,
     destination: Destination,
-    template: str,
     make_source: Callable[[ExportedImage], ObjectSource],
-    concurrency: int,
-    retry: RetryPolicy,
-    server_side_copy: bool = True,
+    options: PlanOptions,
+    later: Sequence[ExportedImage] = (),
 ) -> Plan:
-    paths = assign_paths(template, selection.selected, {i: e.path for i, e in manifest.entries.items()})
-    items: dict[str, PlannedImage] = {}
-    limiter = trio.CapacityLimiter(concurrency)
-
-    async def plan_one(image: ExportedImage) -> None:
-        async with limiter:
-            item = await _plan_image(
-                image, paths[image.image_id], manifest.get(image.image_id), destination, make_source, retry
-            )
-            if server_side_copy and item.source is not None and isinstance(destination, ServerSideCopier):
-                reason = destination.server_side_copy_reason(item.source.location)
-                item = dataclasses.replace(item, server_side=reason, partial_bytes=0 if reason else
-                                           item.partial_bytes)
-            items[image.image_id] = item
-
-    async with trio.open_nursery() as nursery:
-        for image in selection.selected:
-            nursery.start_soon(plan_one, image)
+    """The plan for the selected images; ``later`` (images still exporting, for --wait) get
+    their paths now, so one that turns up during the run cannot take another's."""
+    paths = assign_paths(options.template, [*selection.selected, *later],
+                         {i: e.path for i, e in manifest.entries.items()})
+    ordered = await plan_images(selection.selected, paths, manifest=manifest, destination=destination,
+                                make_source=make_source, options=options)
     listed = {image.image_id for image in images}
     missing = [entry for image_id, entry in sorted(manifest.entries.items()) if image_id not in listed]
     free = await trio.to_thread.run_sync(destination.free_bytes)
-    ordered = [items[image.image_id] for image in selection.selected]
-    return Plan(items=ordered, selection=selection, missing=missing, free_bytes=free)
+    return Plan(items=ordered, selection=selection, missing=missing, free_bytes=free, paths=paths)
+
+
+async def plan_images(
+    images: Sequence[ExportedImage],
+    paths: Mapping[str, PurePosixPath],
+    *,
+    manifest: Manifest,
+    destination: Destination,
+    make_source: Callable[[ExportedImage], ObjectSource],
+    options: PlanOptions,
+) -> list[PlannedImage]:
+    """Plan each image (a HEAD each, bounded), in the order given."""
+    items: dict[str, PlannedImage] = {}
+    limiter = trio.CapacityLimiter(options.concurrency)
+
+    async def plan_one(image: ExportedImage) -> None:
+        async with limiter:
+            item = await _plan_image(image, paths[image.image_id], manifest.get(image.image_id),
+                                     destination, make_source, options)
+            if (options.server_side_copy and item.source is not None
+                    and isinstance(destination, ServerSideCopier)):
+                reason = destination.server_side_copy_reason(item.source.location)
+                item = dataclasses.replace(item, server_side=reason,
+                                           partial_bytes=0 if reason else item.partial_bytes)
+            items[image.image_id] = item
+
+    async with trio.open_nursery() as nursery:
+        for image in images:
+            nursery.start_soon(plan_one, image)
+    return [items[image.image_id] for image in images]
 
 
 async def _plan_image(
@@ -166,19 +191,22 @@ async def _plan_image(
     entry: ManifestEntry | None,
     destination: Destination,
     make_source: Callable[[ExportedImage], ObjectSource],
-    retry: RetryPolicy,
+    options: PlanOptions,
 ) -> PlannedImage:
     try:
         source = make_source(image)
-        info = await _head(source, retry)
+        info = await _head(source, options.retry)
         mirrored, (state, on_disk) = await trio.to_thread.run_sync(
             lambda: (destination.stat(path), destination.partial(path).read_state())
         )
+        action, reason, partial_bytes = _decide(entry, info, mirrored, state, on_disk,
+                                                source.location.public_url)
+        if action is Action.SKIP and options.checksum and entry is not None:
+            action, reason = await _rehash(destination, path, entry)
     except (TransferError, DestinationError) as error:
         return PlannedImage(image=image, path=path, action=Action.FAIL, reason=str(error))
-    action, reason, partial_bytes = _decide(entry, info, mirrored, state, on_disk,
-                                            source.location.public_url)
-    check_existing = (action in (Action.ADOPT, Action.REPLACE) and mirrored is not None
+    known_bad = entry is not None and entry.verify_problem is not None
+    check_existing = (action in (Action.ADOPT, Action.REPLACE) and mirrored is not None and not known_bad
                       and mirrored.size == info.size and info.crc64ecma is not None)
     return PlannedImage(image=image, path=path, action=action, reason=reason, info=info,
                         partial_bytes=partial_bytes, source=source, check_existing=check_existing)
@@ -188,7 +216,7 @@ def _decide(entry: ManifestEntry | None, info: ObjectInfo, mirrored: Mirrored | 
             state: PartialState | None, on_disk: int, public_url: str) -> tuple[Action, str, int]:
     final_size = mirrored.size if mirrored else None
     unchanged = entry is not None and entry.source_etag == info.etag and entry.size == info.size
-    if unchanged and final_size == info.size:
+    if unchanged and final_size == info.size and entry is not None and entry.verify_problem is None:
         return Action.SKIP, "mirrored, source unchanged", 0
     resumable = state is not None and (state.source_url, state.etag, state.size) == (
         public_url, info.etag, info.size)
@@ -199,9 +227,20 @@ def _decide(entry: ManifestEntry | None, info: ObjectInfo, mirrored: Mirrored | 
         return Action.ADOPT, "a file of this size is there but not recorded; kept if its CRC-64 matches", 0
     if entry is not None and final_size is not None and not unchanged:
         return Action.REPLACE, f"source changed (ETag {entry.source_etag} -> {info.etag})", 0
+    if entry is not None and entry.verify_problem is not None:
+        return Action.REPLACE, f"imagesync verify found it {entry.verify_problem}: fetching it again", 0
     if entry is not None:
         return Action.DOWNLOAD, "the mirrored copy is missing or has the wrong size", 0
     return Action.DOWNLOAD, "not mirrored yet", 0
+
+
+async def _rehash(destination: Destination, path: PurePosixPath, entry: ManifestEntry) -> tuple[Action, str]:
+    """--checksum: read the mirrored copy again before trusting it."""
+    digest = await trio.to_thread.run_sync(destination.digest, path, abandon_on_cancel=True)
+    if digest is not None and str(digest.crc64) == entry.crc64ecma and (
+            entry.sha256 is None or digest.sha256 == entry.sha256):
+        return Action.SKIP, "mirrored, source unchanged, re-hashed: intact"
+    return Action.REPLACE, "re-hashed: the mirrored copy no longer matches its recorded checksums"
 
 
 async def _head(source: ObjectSource, retry: RetryPolicy) -> ObjectInfo:

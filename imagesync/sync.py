@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 
 import httpx
 import trio
 
 from . import killpoints
+from .bandwidth import BandwidthLimit
 from .config import Config
 from .credentials import Credentials
 from .destination import Destination, ManifestStore, PartialCopy, ServerSideCopier
@@ -35,12 +37,13 @@ from .errors import (
     TransferError,
 )
 from .manifest import SIZE_ONLY, VERIFIED_CRC64, Manifest, ManifestEntry, ManifestWriter
-from .plan import Action, Plan, PlannedImage, make_plan, select
+from .plan import Action, Plan, PlannedImage, PlanOptions, Selection, make_plan, plan_images, select
 from .progress import Progress, format_bytes, make_progress
 from .retry import RetryPolicy
 from .sinks.local import LocalDestination
 from .source import ObjectSource, locate
 from .transfer import Copied, ImageCopy
+from .waiting import EXPORT_ERROR, EXPORTING, GaveUp, still_exporting, wait_for_exports
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +51,9 @@ class RunOptions:
     dry_run: bool = False
     progress: str = "auto"  # auto | always | never
     quiet: bool = False
+    wait: bool = False  # poll while selected images are exporting; mirror each as it turns Exported
+    checksum: bool = False  # re-hash mirrored files before deciding to skip them
+    ignore_free_space: bool = False
 
 
 class Result(StrEnum):
@@ -101,18 +107,25 @@ async def run_sync(config: Config, credentials: Credentials, options: RunOptions
             await trio.to_thread.run_sync(destination.prepare)
         with nullcontext() if options.dry_run else destination.lock():
             killpoints.reached("locked")
-            async with open_ens_client(config.ens, credentials) as ens:
+            async with open_ens_client(config.ens, credentials) as ens, _open_source_client(config) as http:
                 images = await ens.list_images()
-            killpoints.reached("listed")
-            store = await trio.to_thread.run_sync(destination.manifest_store)
-            manifest = await trio.to_thread.run_sync(Manifest.load, store)
-            async with _open_source_client(config) as http:
-                plan = await _plan(config, credentials, destination, manifest, http, images)
+                killpoints.reached("listed")
+                store = await trio.to_thread.run_sync(destination.manifest_store)
+                manifest = await trio.to_thread.run_sync(Manifest.load, store)
+                planner = _Planner(config, credentials, destination, manifest, http, options)
+                selection = select(images, config.filter)
+                waiting = still_exporting(selection.not_exported) if options.wait else []
+                plan = await planner.plan(images, selection, waiting)
                 if options.dry_run:
-                    outcomes = _planned_failures(plan)
+                    outcomes = _planned_failures(plan, options)
                 else:
                     assert store is not None
-                    outcomes = await _transfer_all(config, options, destination, store, manifest, plan)
+                    _check_room(plan, destination.name, options)
+                    waiter = None if not waiting else partial(
+                        wait_for_exports, waiting, list_images=ens.list_images,
+                        plan_images=planner.plan_more, config=config.wait)
+                    outcomes = await _transfer_all(config, options, destination, store, manifest, plan,
+                                                   waiter)
     return RunResult(plan=plan, outcomes=outcomes, wall_s=time.monotonic() - started,
                      dry_run=options.dry_run, destination=destination.name)
 
@@ -137,19 +150,53 @@ async def _open_source_client(config: Config) -> AsyncIterator[httpx.AsyncClient
         yield http
 
 
-async def _plan(config: Config, credentials: Credentials, destination: Destination, manifest: Manifest,
-                http: httpx.AsyncClient, images: list[ExportedImage]) -> Plan:
-    selection = select(images, config.filter)
-    signer = credentials if config.source.sign else None
+class _Planner:
+    """Plans the first listing, and later images that finish exporting during a --wait."""
 
-    def make_source(image: ExportedImage) -> ObjectSource:
-        location = locate(image.url, config.source)
-        return ObjectSource(http, location, signer, config.source.presign_expires_s)
+    def __init__(self, config: Config, credentials: Credentials, destination: Destination,
+                 manifest: Manifest, http: httpx.AsyncClient, options: RunOptions) -> None:
+        self._config = config
+        self._signer = credentials if config.source.sign else None
+        self._http = http
+        self._destination = destination
+        self._manifest = manifest
+        self._options = PlanOptions(
+            template=config.destination.path_template, concurrency=config.transfer.concurrency * 2,
+            retry=_retry_policy(config), server_side_copy=config.destination.server_side_copy == "auto",
+            checksum=options.checksum)
+        self._paths: Mapping[str, PurePosixPath] = {}
 
-    return await make_plan(images, selection, manifest=manifest, destination=destination,
-                           template=config.destination.path_template, make_source=make_source,
-                           concurrency=config.transfer.concurrency * 2, retry=_retry_policy(config),
-                           server_side_copy=config.destination.server_side_copy == "auto")
+    def _source(self, image: ExportedImage) -> ObjectSource:
+        location = locate(image.url, self._config.source)
+        return ObjectSource(self._http, location, self._signer, self._config.source.presign_expires_s)
+
+    async def plan(self, images: list[ExportedImage], selection: Selection,
+                   later: list[ExportedImage]) -> Plan:
+        plan = await make_plan(images, selection, manifest=self._manifest, destination=self._destination,
+                               make_source=self._source, options=self._options, later=later)
+        self._paths = plan.paths
+        return plan
+
+    async def plan_more(self, images: Sequence[ExportedImage]) -> list[PlannedImage]:
+        return await plan_images(images, self._paths, manifest=self._manifest, destination=self._destination,
+                                 make_source=self._source, options=self._options)
+
+
+ROOM_MARGIN = 0.01  # of the bytes to write, and at least:
+MIN_ROOM_MARGIN = 4 << 20
+
+
+def _check_room(plan: Plan, where: str, options: RunOptions) -> None:
+    """Refuse to start a plan that cannot fit (a full disk halfway helps nobody)."""
+    if options.ignore_free_space or plan.free_bytes is None:
+        return
+    needed = plan.bytes_to_transfer
+    margin = max(int(needed * ROOM_MARGIN), MIN_ROOM_MARGIN) if needed else 0
+    if needed + margin > plan.free_bytes:
+        raise DestinationError(
+            f"the plan writes {format_bytes(needed)} (plus a {format_bytes(margin)} margin) but {where} "
+            f"has {format_bytes(plan.free_bytes)} free; nothing was transferred: free some space, "
+            "or pass --ignore-free-space")
 
 
 def _retry_policy(config: Config) -> RetryPolicy:
@@ -157,21 +204,29 @@ def _retry_policy(config: Config) -> RetryPolicy:
                        max_delay_s=config.transfer.retry_max_delay_s)
 
 
-def _planned_failures(plan: Plan) -> list[Outcome]:
-    """Images that fail before any transfer: unknown ids and objects that cannot be read."""
+def _planned_failures(plan: Plan, options: RunOptions) -> list[Outcome]:
+    """Images that fail before any transfer: unknown ids, objects that cannot be read, and with
+    --wait, exports that failed."""
     failures = [Outcome(image_id=i, image_name="", path="", action=Action.FAIL, result=Result.FAILED,
                         reason=f"image {i} is not listed by the API") for i in plan.selection.unknown_ids]
-    failures += [Outcome(image_id=i.image_id, image_name=i.image_name, path="", action=Action.FAIL,
-                         result=Result.FAILED, reason=f"image {i.image_id} is {i.status}, not exported")
-                 for i in plan.selection.unavailable]
+    unavailable = [i for i in plan.selection.unavailable if not (options.wait and i.status == EXPORTING)]
+    if options.wait:
+        unavailable += [i for i in plan.selection.not_exported
+                        if i.status == EXPORT_ERROR and i not in unavailable]
+    failures += [_failed(image, f"image {image.image_id} is {image.status}, not exported")
+                 for image in unavailable]
     for item in plan.items:
         if item.action is Action.FAIL:
             failures.append(_outcome(item, Result.FAILED, reason=item.reason))
     return failures
 
 
+Waiter = Callable[..., Awaitable[None]]  # wait_for_exports with all but ``ready`` bound
+
+
 async def _transfer_all(config: Config, options: RunOptions, destination: Destination,
-                        store: ManifestStore, manifest: Manifest, plan: Plan) -> list[Outcome]:
+                        store: ManifestStore, manifest: Manifest, plan: Plan,
+                        waiter: Waiter | None) -> list[Outcome]:
     writer = await trio.to_thread.run_sync(ManifestWriter, manifest, store)
     relisted = [image_id for image_id in (i.image.image_id for i in plan.items)
                 if (entry := manifest.get(image_id)) and entry.missing_since]
@@ -179,7 +234,7 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
     await trio.to_thread.run_sync(writer.mark_present, relisted)
     killpoints.reached("marked")
     progress = make_progress(options.progress, plan.bytes_to_transfer, options.quiet)
-    outcomes = _planned_failures(plan)
+    outcomes = _planned_failures(plan, options)
     for failure in outcomes:
         progress.finish(failure.image_id, _outcome_line(failure), ok=False)
     workers = _Workers(config, destination, progress)
@@ -189,7 +244,10 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
             jobs_send, jobs_receive = trio.open_memory_channel[PlannedImage](0)
             results_send, results_receive = trio.open_memory_channel[_Finished](0)
             async with jobs_receive, results_send:
-                nursery.start_soon(_feed, plan, jobs_send, results_send.clone())
+                nursery.start_soon(_feed, plan, jobs_send.clone(), results_send.clone())
+                if waiter is not None:
+                    nursery.start_soon(_feed_when_exported, waiter, jobs_send.clone(), results_send.clone())
+                jobs_send.close()
                 for _ in range(config.transfer.concurrency):
                     nursery.start_soon(workers.run, jobs_receive.clone(), results_send.clone())
             await _report(results_receive, writer, progress, outcomes)
@@ -216,10 +274,32 @@ async def _feed(plan: Plan, jobs: trio.MemorySendChannel[PlannedImage],
                 results: trio.MemorySendChannel[_Finished]) -> None:
     async with jobs, results:
         for item in plan.items:
-            if item.action is Action.SKIP:
-                await results.send(_Finished(outcome=_outcome(item, Result.SKIPPED, reason=item.reason)))
-            elif item.action is not Action.FAIL:
-                await jobs.send(item)
+            if item.action is not Action.FAIL:  # those are among the planned failures already
+                await _hand_over(item, jobs, results)
+
+
+async def _hand_over(item: PlannedImage, jobs: trio.MemorySendChannel[PlannedImage],
+                     results: trio.MemorySendChannel[_Finished]) -> None:
+    if item.action is Action.SKIP:
+        await results.send(_Finished(outcome=_outcome(item, Result.SKIPPED, reason=item.reason)))
+    elif item.action is Action.FAIL:
+        await results.send(_Finished(outcome=_outcome(item, Result.FAILED, reason=item.reason)))
+    else:
+        await jobs.send(item)
+
+
+async def _feed_when_exported(waiter: Waiter, jobs: trio.MemorySendChannel[PlannedImage],
+                              results: trio.MemorySendChannel[_Finished]) -> None:
+    """--wait: images that finish exporting join the queue as they do."""
+    ready_send, ready_receive = trio.open_memory_channel[PlannedImage | GaveUp](0)
+    async with jobs, results, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(waiter, ready=ready_send))
+        async with ready_receive:
+            async for item in ready_receive:
+                if isinstance(item, GaveUp):
+                    await results.send(_Finished(outcome=_failed(item.image, item.reason)))
+                else:
+                    await _hand_over(item, jobs, results)
 
 
 async def _report(results: trio.MemoryReceiveChannel[_Finished], writer: ManifestWriter,
@@ -245,6 +325,7 @@ class _Workers:
         self._progress = progress
         self._retry = _retry_policy(config)
         self._limiter = trio.CapacityLimiter(config.transfer.concurrency + 1)
+        self._bandwidth = BandwidthLimit(config.transfer.max_bandwidth_bytes_per_s)
 
     async def run(self, jobs: trio.MemoryReceiveChannel[PlannedImage],
                   results: trio.MemorySendChannel[_Finished]) -> None:
@@ -263,8 +344,8 @@ class _Workers:
         if item.server_side is not None:
             return await self._copy_server_side(item)
         partial = self._destination.partial(item.path)
-        copy = ImageCopy(item.source, partial, item.info, retry=self._retry,
-                         limiter=self._limiter, on_bytes=self._advance(image_id))
+        copy = ImageCopy(item.source, partial, item.info, retry=self._retry, limiter=self._limiter,
+                         bandwidth=self._bandwidth, on_bytes=self._advance(image_id))
         try:
             copied = await copy.run(resume=item.action is Action.RESUME)
         except TransferError as error:
@@ -351,6 +432,11 @@ def _outcome_line(outcome: Outcome) -> str:
                else f"verified ({outcome.verified})")
     return (f"done {outcome.image_id} -> {outcome.path}: {format_bytes(outcome.bytes_transferred)} "
             f"in {outcome.seconds:.1f} s ({rate:.0f} MiB/s), {checked}")
+
+
+def _failed(image: ExportedImage, reason: str) -> Outcome:
+    return Outcome(image_id=image.image_id, image_name=image.image_name, path="", action=Action.FAIL,
+                   result=Result.FAILED, reason=reason)
 
 
 def _utc_now() -> str:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import trio
 
 from . import killpoints
+from .bandwidth import BandwidthLimit
 from .checksum import Digest
 from .destination import PartialCopy, PartialState
 from .errors import ChecksumMismatchError, DestinationError, SourceChangedError, TransferError
@@ -54,6 +55,7 @@ class ImageCopy:
         *,
         retry: RetryPolicy,
         limiter: trio.CapacityLimiter,
+        bandwidth: BandwidthLimit | None = None,
         on_bytes: Callable[[int], None],
     ) -> None:
         self._source = source
@@ -61,6 +63,7 @@ class ImageCopy:
         self._info = info
         self._retry = retry
         self._limiter = limiter
+        self._bandwidth = bandwidth
         self._on_bytes = on_bytes
         self._digest = Digest()
         self._transferred = 0
@@ -162,6 +165,8 @@ class ImageCopy:
                 if body.start != self._digest.size:  # the server sent the whole object instead
                     await self._begin(resume=False)
                 async for chunk in body:
+                    if self._bandwidth is not None:
+                        await self._bandwidth.consume(len(chunk))
                     if not batch.add(chunk):
                         await self._flush(batch)
                         batch.add(chunk)

@@ -7,16 +7,20 @@ sha256 differs from what was recorded when it was mirrored and verified).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 
 import trio
 
 from . import killpoints
-from .destination import Destination
+from .destination import Destination, ManifestStore
 from .errors import DestinationError
-from .manifest import Manifest, ManifestEntry
+from .manifest import Manifest, ManifestEntry, ManifestWriter
+
+log = logging.getLogger("imagesync")
 
 
 class Result(StrEnum):
@@ -35,14 +39,33 @@ class Verdict:
 
 
 async def verify_mirror(destination: Destination, concurrency: int, *, read: bool = False) -> list[Verdict]:
-    """Check every recorded image; ``read`` re-hashes bytes even where the destination tells
-    the CRC-64 without reading (an OSS object's header)."""
+    """Check every recorded image and record the verdicts in the manifest (where it can be
+    written), so the next sync fetches what is missing or corrupt again.
+
+    ``read`` re-hashes bytes even where the destination tells the CRC-64 without reading (an
+    OSS object's header).
+    """
     with destination.lock(shared=True):  # never read a file a sync is replacing
         store = await trio.to_thread.run_sync(destination.manifest_store)
         manifest = await trio.to_thread.run_sync(Manifest.load, store)
         if store is None or (not manifest.entries and manifest.updated_at is None):
             raise DestinationError(f"{destination.name} has no manifest.json; nothing to verify")
-        return await _verify_entries(destination, manifest, concurrency, read)
+        verdicts = await _verify_entries(destination, manifest, concurrency, read)
+        await trio.to_thread.run_sync(_record, manifest, store, verdicts, destination.name)
+        return verdicts
+
+
+def _record(manifest: Manifest, store: ManifestStore, verdicts: list[Verdict], where: str) -> None:
+    problems = {v.image_id: v.result.value for v in verdicts if v.result is not Result.OK}
+    try:
+        writer = ManifestWriter(manifest, store)
+        try:
+            writer.record_verify(datetime.now(UTC), problems, len(verdicts))
+        finally:
+            writer.close()
+    except DestinationError as error:
+        log.warning("the verdicts could not be recorded in the manifest of %s (%s); the next sync "
+                    "will not know what this verify found", where, error)
 
 
 async def _verify_entries(destination: Destination, manifest: Manifest, concurrency: int,
