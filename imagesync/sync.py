@@ -9,6 +9,7 @@ the nursery and partial files stay for the next run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -306,11 +307,15 @@ async def _report(results: trio.MemoryReceiveChannel[_Finished], writer: Manifes
                   progress: Progress, outcomes: list[Outcome]) -> None:
     async with results:
         async for finished in results:
+            outcome = finished.outcome
             if finished.entry is not None:
                 # Rename and journal record in one uninterruptible thread call: a signal can
                 # never leave a verified file under its final name without its manifest entry.
-                await trio.to_thread.run_sync(_commit_and_record, finished, writer)
-            outcome = finished.outcome
+                try:
+                    await trio.to_thread.run_sync(_commit_and_record, finished, writer)
+                except TransferError as error:  # an OSS upload that could not be completed
+                    outcome = dataclasses.replace(outcome, result=Result.FAILED, reason=str(error),
+                                                  verified="")
             outcomes.append(outcome)
             if outcome.result is not Result.SKIPPED:
                 ok = outcome.result is not Result.FAILED
