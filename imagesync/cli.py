@@ -25,7 +25,7 @@ from .config import DEFAULT_CONFIG_PATH, Config, load_config, with_overrides
 from .credentials import resolve_credentials
 from .ens import ExportedImage, open_ens_client
 from .errors import EXIT_IMAGE_FAILED, EXIT_LOCKED, EXIT_SIGINT, ImagesyncError, Interrupted
-from .progress import printable
+from .progress import make_status, printable
 from .summary import plan_json, plan_lines, summary_json, summary_lines
 from .sync import Result as SyncResult
 from .sync import RunOptions, RunResult, open_destination, run_sync
@@ -296,7 +296,8 @@ def _list_command(args: argparse.Namespace) -> int:
 
     async def fetch() -> list[ExportedImage]:
         async with open_ens_client(config.ens, credentials) as client:
-            return await client.list_images()
+            with make_status("auto", args.quiet) as status:
+                return await client.list_images(on_page=status.listing)
 
     images = trio.run(fetch)
     if args.json:

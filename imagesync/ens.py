@@ -8,9 +8,11 @@ an `ApiError` carrying the API's Code, Message and RequestId.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +29,8 @@ from .errors import ApiError, MalformedResponseError
 from .retry import RetryPolicy
 from .units import parse_decimal
 
+log = logging.getLogger("imagesync")
+
 ACTION = "DescribeExportImageInfo"
 API_VERSION = "2017-11-10"
 PAGE_SIZE = 50
@@ -34,6 +38,11 @@ PAGE_CONCURRENCY = 4
 MAX_IMAGES = 1_000_000  # far above any real account; bounds the work a bad TotalCount can ask for
 MAX_RETRY_AFTER_MS = 3_600_000  # x-acs-retry-after beyond an hour is not a hint we can use
 MAX_SERVER_TEXT = 300  # characters of a server's string kept in a sentence
+MAX_DEBUG_TEXT = 4000  # characters of a server's whole message shown with -v
+# Words that start the signing material a server echoes after SignatureDoesNotMatch: useful
+# with -v to compare with our own, noise (and a wall of text) in the one sentence for cron.
+SIGNING_DETAIL = ("server string to sign", "string to sign", "stringtosign", "canonical request",
+                  "canonicalrequest")
 RETRYABLE_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "UnknownError",
                    "SignatureNonceUsed")
 HINTS = {
@@ -104,16 +113,26 @@ class EnsClient:
         self._credentials = credentials
         self._retry = retry
 
-    async def list_images(self) -> list[ExportedImage]:
-        """Every image, page by page; pages after the first are fetched concurrently."""
+    async def list_images(self, on_page: Callable[[int, int], None] | None = None) -> list[ExportedImage]:
+        """Every image, page by page; pages after the first are fetched concurrently.
+
+        ``on_page(listed, total)`` hears after each page how far the listing got (a status line).
+        """
         first = await self._page(1)
         page_count = math.ceil(first.total_count / PAGE_SIZE)
         pages: dict[int, list[ExportedImage]] = {1: first.images}
         limiter = trio.CapacityLimiter(PAGE_CONCURRENCY)
+        listed = len(first.images)
+        if on_page is not None:
+            on_page(min(listed, first.total_count), first.total_count)
 
         async def fetch(number: int) -> None:
+            nonlocal listed
             async with limiter:
                 pages[number] = (await self._page(number)).images
+            listed += len(pages[number])
+            if on_page is not None:
+                on_page(min(listed, first.total_count), first.total_count)
 
         async with trio.open_nursery() as nursery:
             for number in range(2, page_count + 1):
@@ -146,17 +165,37 @@ class EnsClient:
                 response = await self._http.post(url, headers=self._signed_headers(params))
             except httpx.TransportError as error:
                 problem = f"cannot reach the ENS endpoint {self._url}: {_describe(error)}"
+                cause = type(error).__name__ if not str(error) else f"{type(error).__name__} ({error})"
             else:
                 if response.is_success:
                     return _parse_response(response.content, response.status_code, params)
-                error_fields = _error_fields(response.content, response.status_code)
-                if not _is_retryable(response.status_code, error_fields[0]):
-                    raise ApiError(_refusal(error_fields, response.status_code))
-                problem = _refusal(error_fields, response.status_code)
+                status = response.status_code
+                error_fields = _error_fields(response.content, status)
+                if not _is_retryable(status, error_fields[0]):
+                    self._log_whole_message(error_fields, status)
+                    raise ApiError(_refusal(error_fields, status))
+                problem = _refusal(error_fields, status)
+                cause = f"{_text(error_fields[0])} (HTTP {status})"
                 retry_after_s = _retry_after_s(response.headers)
             if attempt < attempts:  # never wait after the last attempt: nothing follows it
-                await trio.sleep(self._retry.delay_s(attempt, retry_after_s))
+                delay_s = self._retry.delay_s(attempt, retry_after_s)
+                log.debug("ENS retry %d/%d after %s: waiting %.1f s", attempt + 1, attempts, cause, delay_s)
+                await trio.sleep(delay_s)
         raise ApiError(f"{problem}; gave up after {attempts} attempts")
+
+    def _log_whole_message(self, fields: tuple[str, str, str], status: int) -> None:
+        """With -v, the server's whole Message (often the string it signed, to compare with
+        ours), with anything secret of ours blanked out should the server echo it."""
+        code, message, request_id = fields
+        if not message or not log.isEnabledFor(logging.DEBUG):
+            return
+        for secret in (self._credentials.access_key_secret, self._credentials.security_token):
+            if secret:
+                message = message.replace(secret, "<redacted>")
+        if len(message) > MAX_DEBUG_TEXT:
+            message = message[:MAX_DEBUG_TEXT] + "..."
+        log.debug("ENS answered %s (HTTP %d, RequestId %s) with the message: %s",
+                  _text(code), status, _text(request_id) or "none", message)
 
     def _signed_headers(self, params: Mapping[str, str]) -> dict[str, str]:
         headers = {
@@ -196,7 +235,8 @@ def _retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 
 def _error_fields(content: bytes, status: int) -> tuple[str, str, str]:
-    """``(Code, Message, RequestId)`` of an error answer, whatever its shape, as plain strings."""
+    """``(Code, Message, RequestId)`` of an error answer, whatever its shape, as plain strings
+    (unbounded: `_refusal` bounds them for the sentence, -v shows the whole Message)."""
     try:
         body = json.loads(content)
     except (ValueError, RecursionError):
@@ -205,7 +245,8 @@ def _error_fields(content: bytes, status: int) -> tuple[str, str, str]:
         return (f"HTTP{status}", httpx.codes.get_reason_phrase(status), "")
     lowered = {str(k).lower(): v for k, v in body.items()}
     return tuple(  # type: ignore[return-value]
-        _text(lowered.get(name)) for name in ("code", "message", "requestid")
+        value.strip() if isinstance(value := lowered.get(name), str) else ""
+        for name in ("code", "message", "requestid")
     )
 
 
@@ -231,12 +272,26 @@ def _shown(value: Any) -> str:
 
 
 def _refusal(fields: tuple[str, str, str], status: int) -> str:
-    code, message, request_id = fields
-    hint = next((h for prefix, h in HINTS.items() if code.startswith(prefix)), "")
-    text = f"ENS refused {ACTION} with {code} (HTTP {status}): {message.rstrip('.')}"
+    code, request_id = _text(fields[0]), _text(fields[2])
+    message, cut = _brief(fields[1])
+    hints = [h for prefix, h in HINTS.items() if code.startswith(prefix)][:1]
+    if cut:
+        hints.append("run with -v to see what the server signed")
+    text = f"ENS refused {ACTION} with {code} (HTTP {status}): {_text(message).rstrip('.')}"
     if request_id:
         text += f" (RequestId {request_id})"
-    return f"{text}; {hint}" if hint else text
+    return "; ".join([text, *hints])
+
+
+def _brief(message: str) -> tuple[str, bool]:
+    """The Message for one sentence, and whether it was cut: signing material a server echoes
+    (its canonical request or string to sign) is cut off with the rest of its sentence."""
+    lowered = message.lower()
+    at = min((i for marker in SIGNING_DETAIL if (i := lowered.find(marker)) >= 0), default=-1)
+    if at < 0:
+        return message, False
+    head = re.split(r"(?<=[.!?])\s", message[:at], maxsplit=1)[0].strip().rstrip(" .:;,")
+    return head or "the server computed another signature", True
 
 
 def _parse_response(content: bytes, status: int, params: Mapping[str, str]) -> _Page:
