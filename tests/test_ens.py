@@ -236,3 +236,106 @@ async def test_malformed_answers(body: bytes, message: str) -> None:
         await list_with(lambda request: httpx.Response(200, content=body))
     assert message in str(caught.value)
     assert caught.value.exit_code == 3
+
+
+# --- what -v shows, and what the one sentence leaves out ---------------------------------
+
+
+@pytest.fixture
+def debug_lines() -> Any:
+    import logging
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    logger = logging.getLogger("imagesync")
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+STS = Credentials(access_key_id="ak", access_key_secret="sk-SECRET", security_token="TOKEN-xyz", origin="test")
+SIGNED_ECHO = ("Specified signature is not matched with our calculation. server string to sign is:"
+               "ACS3-HMAC-SHA256\n" + "a" * 64 + "\nx-acs-security-token:TOKEN-xyz\nsecret sk-SECRET")
+
+
+@pytest.mark.parametrize(
+    ("message", "sentence"),
+    [
+        (SIGNED_ECHO, "Specified signature is not matched with our calculation"),
+        ("Specified signature is not matched with our calculation. Server canonical request is: 'POST\\n/\\n'",
+         "Specified signature is not matched with our calculation"),
+        ("The request signature does not conform to Aliyun standards. server string to sign is:GET&%2F&",
+         "The request signature does not conform to Aliyun standards"),
+        ("StringToSign: POST&%2F&x", "the server computed another signature"),
+    ],
+)
+async def test_signing_echoes_are_cut_from_the_sentence(message: str, sentence: str, debug_lines: list[str]) -> None:
+    body = {"RequestId": "REQ-9", "Code": "SignatureDoesNotMatch", "Message": message}
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(400, json=body))) as http:
+        client = EnsClient(http, endpoint="https://ens.test", credentials=STS, retry=RetryPolicy(base_delay_s=0))
+        with pytest.raises(ApiError) as caught:
+            await client.list_images()
+    text = str(caught.value)
+    assert text == (f"ENS refused DescribeExportImageInfo with SignatureDoesNotMatch (HTTP 400): {sentence} "
+                    "(RequestId REQ-9); check the access key secret; run with -v to see what the server signed")
+    # -v shows the server's whole message, with our secret and token blanked out
+    [whole] = [line for line in debug_lines if "REQ-9" in line]
+    assert whole.startswith("ENS answered SignatureDoesNotMatch (HTTP 400, RequestId REQ-9) with the message: ")
+    assert message.replace("TOKEN-xyz", "<redacted>").replace("sk-SECRET", "<redacted>") in whole
+    assert "TOKEN-xyz" not in whole and "sk-SECRET" not in whole
+
+
+async def test_other_messages_are_kept_whole(debug_lines: list[str]) -> None:
+    body = {"RequestId": "R", "Code": "Forbidden.RAM", "Message": "You are not authorized. Ask your admin."}
+    with pytest.raises(ApiError) as caught:
+        await list_with(lambda request: httpx.Response(403, json=body))
+    assert "You are not authorized. Ask your admin (RequestId R)" in str(caught.value)
+    assert "-v" not in str(caught.value)
+
+
+async def test_each_retry_is_shown_with_its_cause_and_wait(debug_lines: list[str]) -> None:
+    seen: list[httpx.Request] = []
+    failures: list[httpx.Response | Exception] = [
+        ens_error(400, "Throttling.User", **{"x-acs-retry-after": "50"}),
+        ens_error(503, "ServiceUnavailable"),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout(""),
+    ]
+    handler = flaky(failures)
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)  # type: ignore[no-any-return]
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(recording)) as http:
+        client = EnsClient(http, endpoint="https://ens.test", credentials=STS,
+                           retry=RetryPolicy(max_attempts=6, base_delay_s=0))
+        await client.list_images()
+    retries = [line for line in debug_lines if line.startswith("ENS retry")]
+    assert retries == [
+        "ENS retry 2/6 after Throttling.User (HTTP 400): waiting 0.1 s",
+        "ENS retry 3/6 after ServiceUnavailable (HTTP 503): waiting 0.0 s",
+        "ENS retry 4/6 after ConnectError (refused): waiting 0.0 s",
+        "ENS retry 5/6 after ReadTimeout: waiting 0.0 s",
+    ]
+    signatures = {r.headers["authorization"].rsplit("Signature=", 1)[1] for r in seen}
+    for line in debug_lines:
+        assert not any(s in line for s in signatures | {"sk-SECRET", "TOKEN-xyz"}), line
+
+
+async def test_listing_reports_how_far_it_got() -> None:
+    heard: list[tuple[int, int]] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(paged(120))) as http:
+        client = EnsClient(http, endpoint="https://ens.test", credentials=CREDENTIALS,
+                           retry=RetryPolicy(base_delay_s=0))
+        await client.list_images(on_page=lambda listed, total: heard.append((listed, total)))
+    assert heard[0] == (50, 120) and heard[-1] == (120, 120) and len(heard) == 3  # a count per page
