@@ -11,6 +11,7 @@ import oss2
 import pytest
 from conftest import EmulatorHandle, StartEmulator
 from oss2.models import PartInfo
+from test_emulator_write import complete
 
 from imagesync.crc64 import crc64
 
@@ -72,10 +73,10 @@ def test_complete_5xx_leaves_the_upload_open(emu: EmulatorHandle) -> None:
     emu.faults(complete_5xx=1)
     parts = [PartInfo(1, part.etag, size=3, part_crc=part.crc)]
     with pytest.raises(oss2.exceptions.ServerError) as caught:
-        oss.complete_multipart_upload("k", upload_id, parts)
+        complete(oss, "k", upload_id, parts)
     assert caught.value.status == 503
     assert not oss.object_exists("k") and emu.uploads("mirror") == [upload_id]
-    assert oss.complete_multipart_upload("k", upload_id, parts).crc == crc64(b"abc")
+    assert complete(oss, "k", upload_id, parts).crc == crc64(b"abc")
     assert oss.get_object("k").read() == b"abc"
 
 
