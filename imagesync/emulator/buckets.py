@@ -38,18 +38,30 @@ class Buckets:
         self.root = root
         self.default_region = default_region
         self._lock = threading.Lock()
+        self._cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
 
     def _path(self) -> Path:
         return self.root / REGISTRY_FILE
 
     def _load(self) -> dict[str, str]:
+        """The recorded regions, re-read only when the file changes (every request asks)."""
+        try:
+            st = self._path().stat()
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            return {}
+        cached = self._cache
+        if cached is not None and cached[0] == ident:
+            return cached[1]
         try:
             document = json.loads(self._path().read_bytes())
         except (OSError, ValueError):
             return {}
         if not isinstance(document, dict):
             return {}
-        return {k: v for k, v in document.items() if isinstance(k, str) and isinstance(v, str)}
+        regions = {k: v for k, v in document.items() if isinstance(k, str) and isinstance(v, str)}
+        self._cache = (ident, regions)
+        return regions
 
     def regions(self) -> dict[str, str]:
         """Every existing bucket and its region."""
@@ -65,7 +77,7 @@ class Buckets:
         """Create (or re-home) a bucket in a region and record it."""
         bucket_path(self.root, bucket).mkdir(parents=True, exist_ok=True)
         with self._lock:
-            recorded = self._load()
+            recorded = dict(self._load())
             if recorded.get(bucket) != region:
                 recorded[bucket] = region
                 data = json.dumps(recorded, indent=1, sort_keys=True).encode()
