@@ -22,12 +22,22 @@ if TYPE_CHECKING:  # only types: keeps this module free of the HTTP stack
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartialState:
-    """Which source object the bytes of a partial copy come from."""
+    """Which source object the bytes of a partial copy come from, and for a segmented
+    download, how far each piece got: ``(index, bytes done, CRC-64 of those bytes)``."""
 
     source_url: str
     etag: str
     size: int
     crc64ecma: str
+    piece_size: int = 0  # 0: written front to back, the partial's length is the progress
+    pieces: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:  # from JSON, lists become tuples again
+        object.__setattr__(self, "pieces", tuple(tuple(piece) for piece in self.pieces))
+
+    def same_object(self, other: PartialState) -> bool:
+        return (self.source_url, self.etag, self.size, self.crc64ecma, self.piece_size) == (
+            other.source_url, other.etag, other.size, other.crc64ecma, other.piece_size)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +76,19 @@ class PartialCopy(Protocol):
 
     def close(self) -> None:
         """Release what `begin` holds; the partial copy stays for a later resume."""
+        ...
+
+
+@runtime_checkable
+class SegmentedCopy(PartialCopy, Protocol):
+    """A partial copy that can be written in pieces, out of order, and read back."""
+
+    def write_at(self, offset: int, data: Buffer) -> None: ...
+
+    def read_at(self, offset: int, size: int) -> bytes: ...
+
+    def checkpoint(self, state: PartialState) -> None:
+        """Make every byte written so far durable, then record ``state`` (the pieces' progress)."""
         ...
 
 

@@ -110,9 +110,10 @@ class Folder:
         return fd
 
     def create_new(self, name: str) -> int:
-        """A new, empty file under ``name`` for writing; whatever was there (a link too) is removed first."""
+        """A new, empty file under ``name`` to write and read back; whatever was there (a link too)
+        is removed first."""
         self.unlink(name)
-        return self.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        return self.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL)
 
     def lstat(self, name: str) -> os.stat_result | None:
         try:

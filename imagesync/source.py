@@ -226,8 +226,9 @@ class ObjectSource:
         return _object_info(response.headers, url)
 
     @asynccontextmanager
-    async def open_range(self, start: int, expected: ObjectInfo) -> AsyncIterator[Body]:
-        """Stream the object from ``start`` to its end, only if it is still ``expected``.
+    async def open_range(self, start: int, expected: ObjectInfo,
+                         end: int | None = None) -> AsyncIterator[Body]:
+        """Stream the object from ``start`` to ``end`` (its end by default), only if it is still ``expected``.
 
         A ranged GET must come back 206 with exactly the Content-Range asked for. A server
         that ignores Range (legacy OSS on a bad range, some proxies) answers 200 with the whole
@@ -237,7 +238,10 @@ class ObjectSource:
         """
         headers = {"Accept-Encoding": "identity", "If-Match": expected.etag,
                    "x-oss-range-behavior": "standard"}
-        if start:
+        end = expected.size if end is None else end
+        if end < expected.size:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        elif start:
             headers["Range"] = f"bytes={start}-"
         url = self.location.public_url
         request = self._http.build_request("GET", self._url("GET"), headers=headers)
@@ -250,8 +254,9 @@ class ObjectSource:
             if response.status_code not in (200, 206):
                 content = await _bounded_read(response)
                 raise _status_error("GET", url, response.status_code, response.headers, content)
-            body_start = _body_start(response.status_code, response.headers, start, expected, url)
-            body = Body(response, start=body_start, size=expected.size, url=url)
+            body_start = _body_start(response.status_code, response.headers, start, end, expected, url)
+            limit = end if body_start == start else expected.size
+            body = Body(response, start=body_start, size=limit, url=url)
             yield body
         finally:
             if body is not None:
@@ -320,7 +325,8 @@ async def _bounded_read(response: httpx.Response) -> bytes:
     return bytes(data[:MAX_ERROR_BODY_BYTES])
 
 
-def _body_start(status: int, headers: Mapping[str, str], start: int, expected: ObjectInfo, url: str) -> int:
+def _body_start(status: int, headers: Mapping[str, str], start: int, end: int, expected: ObjectInfo,
+                url: str) -> int:
     """Where the body of a 200/206 answer begins in the object; raise when it cannot be used."""
     fields = _lowered(headers)
     encoding = fields.get("content-encoding", "").strip().lower()
@@ -339,14 +345,14 @@ def _body_start(status: int, headers: Mapping[str, str], start: int, expected: O
     if length_text is not None and length is None:
         raise TransientError(f"GET {url} answered an unusable Content-Length {_clip(length_text)}")
     if status == 206:
-        want_range = f"bytes {start}-{expected.size - 1}/{expected.size}"
+        want_range = f"bytes {start}-{end - 1}/{expected.size}"
         got_range = fields.get("content-range")
         if got_range != want_range:
             raise SourceChangedError(
                 f"GET {url} answered Content-Range {_clip(got_range or 'none')}, expected {want_range}; "
                 "the object changed"
             )
-        _check_length(length, expected.size - start, url)
+        _check_length(length, end - start, url)
         return start
     # 200: the whole object, whatever was asked for.
     _check_length(length, expected.size, url)

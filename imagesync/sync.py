@@ -43,7 +43,7 @@ from .progress import Progress, format_bytes, make_progress
 from .retry import RetryPolicy
 from .sinks.local import LocalDestination
 from .source import ObjectSource, locate
-from .transfer import Copied, ImageCopy
+from .transfer import Copied, ImageCopy, Segmenting
 from .waiting import EXPORT_ERROR, EXPORTING, GaveUp, still_exporting, wait_for_exports
 
 
@@ -146,7 +146,7 @@ def open_destination(config: Config, credentials: Credentials | None) -> Destina
 async def _open_source_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
     transfer = config.transfer
     timeout = httpx.Timeout(transfer.read_timeout_s, connect=transfer.connect_timeout_s)
-    limits = httpx.Limits(max_connections=transfer.concurrency * 2 + 2)
+    limits = httpx.Limits(max_connections=transfer.concurrency * (transfer.segments + 1) + 2)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
         yield http
 
@@ -329,8 +329,11 @@ class _Workers:
         self._destination = destination
         self._progress = progress
         self._retry = _retry_policy(config)
-        self._limiter = trio.CapacityLimiter(config.transfer.concurrency + 1)
+        # one writer thread per connection, plus one for hashing and commits
+        self._limiter = trio.CapacityLimiter(config.transfer.concurrency * config.transfer.segments + 1)
         self._bandwidth = BandwidthLimit(config.transfer.max_bandwidth_bytes_per_s)
+        self._segmenting = Segmenting(connections=config.transfer.segments,
+                                      piece_size=config.transfer.min_segment_bytes)
 
     async def run(self, jobs: trio.MemoryReceiveChannel[PlannedImage],
                   results: trio.MemorySendChannel[_Finished]) -> None:
@@ -350,7 +353,8 @@ class _Workers:
             return await self._copy_server_side(item)
         partial = self._destination.partial(item.path)
         copy = ImageCopy(item.source, partial, item.info, retry=self._retry, limiter=self._limiter,
-                         bandwidth=self._bandwidth, on_bytes=self._advance(image_id))
+                         bandwidth=self._bandwidth, segments=self._segmenting,
+                         on_bytes=self._advance(image_id))
         try:
             copied = await copy.run(resume=item.action is Action.RESUME)
         except TransferError as error:

@@ -9,6 +9,7 @@ URL), restart from zero (object changed, checksum mismatch once), or give up on 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,16 +21,27 @@ import trio
 from . import killpoints
 from .bandwidth import BandwidthLimit
 from .checksum import Digest
-from .destination import PartialCopy, PartialState
-from .errors import ChecksumMismatchError, DestinationError, SourceChangedError, TransferError
+from .destination import PartialCopy, PartialState, SegmentedCopy
+from .errors import ChecksumMismatchError, DestinationError, SourceChangedError
 from .manifest import SIZE_ONLY, VERIFIED_CRC64, VERIFIED_MD5
-from .retry import RetryPolicy
+from .retry import FailureBudget, RetryPolicy
+from .segments import RangesIgnored, SegmentedDownload
 from .source import ObjectInfo, ObjectSource, TransientError, UrlExpiredError
+
+log = logging.getLogger("imagesync")
 
 BATCH_BYTES = 8 << 20
 MAX_CHECKSUM_FAILURES = 2
 MAX_RESIGNS = 3
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segmenting:
+    """``transfer.segments`` connections per image, for images larger than one piece."""
+
+    connections: int
+    piece_size: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +68,7 @@ class ImageCopy:
         retry: RetryPolicy,
         limiter: trio.CapacityLimiter,
         bandwidth: BandwidthLimit | None = None,
+        segments: Segmenting | None = None,
         on_bytes: Callable[[int], None],
     ) -> None:
         self._source = source
@@ -64,10 +77,12 @@ class ImageCopy:
         self._retry = retry
         self._limiter = limiter
         self._bandwidth = bandwidth
+        self._segmenting = segments
+        self._pieces: SegmentedDownload | None = None  # set by _begin when the image is segmented
         self._on_bytes = on_bytes
         self._digest = Digest()
         self._transferred = 0
-        self._buffer = bytearray(BATCH_BYTES)  # reused: a fresh 8 MiB per batch costs page faults
+        self._buffer: bytearray | None = None  # reused: a fresh 8 MiB per batch costs page faults
         self._changed = False  # the object changed under us: HEAD it again and start over
 
     async def run(self, *, resume: bool) -> Copied:
@@ -86,7 +101,7 @@ class ImageCopy:
         started = time.monotonic()
         await self._begin(resume=resume and self._can_resume)
         checksum_failures = resigns = 0
-        failures = _FailureBudget(self._retry)
+        failures = FailureBudget(self._retry, BATCH_BYTES)
         while True:
             try:
                 if self._changed:
@@ -108,8 +123,17 @@ class ImageCopy:
                 resigns += 1
                 if resigns > MAX_RESIGNS:
                     raise
+                log.debug("%s: the presigned URL expired; signing a new one",
+                          self._source.location.public_url)
                 self._source.resign()
+            except RangesIgnored as error:
+                log.debug("%s; downloading it over one connection", error)
+                self._segmenting = None
+                await self._begin(resume=False)
             except (TransientError, SourceChangedError) as error:
+                log.debug("%s: %s; %s", self._source.location.public_url, error,
+                          "starting over" if isinstance(error, SourceChangedError) else
+                          f"resuming at byte {self._digest.size}")
                 await failures.wait_or_give_up(error, self._digest.size)
                 if isinstance(error, SourceChangedError):
                     self._changed = True
@@ -123,12 +147,21 @@ class ImageCopy:
 
     async def _begin(self, *, resume: bool) -> None:
         """Open the partial file: keep and re-hash what a previous run left, or start at zero."""
+        self._pieces = self._segmented()
+        if self._pieces is not None:
+            kept_bytes = await self._pieces.begin(resume=resume)
+            if kept_bytes:
+                log.debug("%s: resuming with %d bytes kept in pieces", self._source.location.public_url,
+                          kept_bytes)
+            return
+        if self._buffer is None:
+            self._buffer = bytearray(BATCH_BYTES)
         state = PartialState(source_url=self._source.location.public_url, etag=self._info.etag,
                              size=self._info.size, crc64ecma=str(self._info.crc64ecma or ""))
         keep = 0
         if resume:
             recorded, on_disk = await self._thread(self._partial.read_state)
-            if recorded == state and on_disk <= self._info.size:
+            if recorded is not None and recorded.same_object(state) and on_disk <= self._info.size:
                 keep = on_disk
         self._digest = Digest(md5=self._info.crc64ecma is None and self._info.content_md5 is not None)
         if keep:
@@ -140,6 +173,20 @@ class ImageCopy:
                 keep = 0  # an unreadable partial is no use: fetch it all again
         killpoints.reached("begin")
         await self._thread(self._partial.begin, state, keep_bytes=keep)
+
+    def _segmented(self) -> SegmentedDownload | None:
+        """A download in pieces over several connections, where it is asked for and pays."""
+        segmenting, partial, info = self._segmenting, self._partial, self._info
+        if (segmenting is None or segmenting.connections < 2 or info.size <= segmenting.piece_size
+                or not isinstance(partial, SegmentedCopy)):
+            return None
+        return SegmentedDownload(self._source, partial, info, connections=segmenting.connections,
+                                 piece_size=segmenting.piece_size, retry=self._retry, thread=self._thread,
+                                 bandwidth=self._bandwidth, on_bytes=self._count)
+
+    def _count(self, count: int) -> None:
+        self._transferred += count
+        self._on_bytes(count)
 
     async def _rehash_from_source(self, size: int) -> Digest:
         """Hash the first ``size`` bytes of the source again, writing nothing: for a destination
@@ -157,8 +204,13 @@ class ImageCopy:
 
     async def _stream(self) -> None:
         """Append the rest of the object; on any error, what arrived so far is kept on disk."""
+        if self._pieces is not None:
+            await self._pieces.stream()
+            self._digest = self._pieces.digest
+            return
         if self._digest.size == self._info.size:
             return
+        assert self._buffer is not None
         batch = _Batch(self._buffer)
         try:
             async with self._source.open_range(self._digest.size, self._info) as body:
@@ -187,8 +239,7 @@ class ImageCopy:
         if self._digest.size + len(data) > self._info.size:
             raise SourceChangedError(f"{self._source.location.public_url} sent more bytes than its size")
         await self._thread(self._write_and_hash, batch)
-        self._transferred += len(data)
-        self._on_bytes(len(data))
+        self._count(len(data))
         killpoints.reached("batch-written")
 
     def _write_and_hash(self, batch: _Batch) -> None:
@@ -242,26 +293,3 @@ class _Batch:
 
     def clear(self) -> None:
         self._filled = 0
-
-
-class _FailureBudget:
-    """How long to keep trying: a fresh budget after real progress, never forever.
-
-    Failures count only while less than one batch arrived since the last one, so a link that
-    drops every few KiB gives up instead of crawling for days; a long transfer that keeps
-    moving gets a fresh set of attempts after each batch. Waits grow exponentially.
-    """
-
-    def __init__(self, retry: RetryPolicy) -> None:
-        self._retry = retry
-        self._attempts = 0
-        self._offset = -1
-
-    async def wait_or_give_up(self, error: TransferError, offset: int) -> None:
-        if offset - self._offset >= BATCH_BYTES:
-            self._attempts = 0
-        self._offset = max(self._offset, offset)
-        self._attempts += 1
-        if self._attempts >= self._retry.max_attempts:
-            raise TransferError(f"{error}; gave up after {self._attempts} attempts") from None
-        await trio.sleep(self._retry.delay_s(self._attempts))

@@ -31,6 +31,7 @@ from ..destination import Mirrored, PartialState
 from ..durable import Folder, destination_error, write_all
 from ..errors import ConfigError, LockedError
 from ..layout import PARTIAL_SUFFIX, STATE_SUFFIX, resolve_inside
+from ..writeback import WriteBehind
 
 log = logging.getLogger("imagesync")
 
@@ -38,6 +39,7 @@ LOCK_NAME = ".imagesync.lock"
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 JOURNAL_NAME = "manifest.journal"
+WRITE_BEHIND_WINDOW = 32 << 20  # bytes written but still cached, at most, behind the end
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -186,6 +188,8 @@ class LocalPartial:
         self._state = path.name + STATE_SUFFIX
         self._folder: Folder | None = None
         self._fd: int | None = None
+        self._behind: WriteBehind | None = None
+        self._position = 0  # where `write` appends
 
     def read_state(self) -> tuple[PartialState | None, int]:
         try:
@@ -204,6 +208,7 @@ class LocalPartial:
         return digest_fd(fd, size)
 
     def begin(self, state: PartialState, *, keep_bytes: int) -> None:
+        """Start writing after the first ``keep_bytes`` bytes; whatever else is there is cut."""
         self.close()
         where = self.final.with_name(self._part)
         try:
@@ -212,11 +217,13 @@ class LocalPartial:
                 if leftover.startswith(f".{self._state}.tmp-"):
                     folder.unlink(leftover)
             if keep_bytes:
-                self._fd = fd = folder.open_regular(self._part, os.O_WRONLY)
+                self._fd = fd = folder.open_regular(self._part, os.O_RDWR)
             else:  # O_EXCL after removing what is there: never a planted link
                 self._fd = fd = folder.create_new(self._part)
             os.ftruncate(fd, keep_bytes)
             os.lseek(fd, keep_bytes, os.SEEK_SET)
+            self._position = keep_bytes
+            self._behind = WriteBehind(fd)
             # The cut must be durable before the state names a new object: else a crash could
             # leave the old object's bytes under the new object's state.
             os.fsync(fd)
@@ -227,11 +234,45 @@ class LocalPartial:
         killpoints.reached("state-written")
 
     def write(self, data: Buffer) -> None:
-        assert self._fd is not None, "begin() first"
+        """Append; what lies a window behind the end is already on disk and out of the cache."""
+        assert self._fd is not None and self._behind is not None, "begin() first"
+        length = memoryview(data).nbytes
         try:
             write_all(self._fd, data)
+            self._behind.wrote(self._position, length)
+            self._position += length
+            self._behind.release(self._position - WRITE_BEHIND_WINDOW)
         except OSError as error:
             raise destination_error(f"cannot write {self.final.with_name(self._part)}", error) from None
+
+    def write_at(self, offset: int, data: Buffer) -> None:
+        assert self._fd is not None and self._behind is not None, "begin() first"
+        view = memoryview(data)
+        try:
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(self._fd, view[done:], offset + done)
+            self._behind.wrote(offset, done)
+        except OSError as error:
+            raise destination_error(f"cannot write {self.final.with_name(self._part)}", error) from None
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Read back bytes written (to hash them in order); they are then dropped from the cache."""
+        assert self._fd is not None and self._behind is not None, "begin() first"
+        try:
+            data = os.pread(self._fd, size, offset)
+        except OSError as error:
+            raise destination_error(f"cannot read {self.final.with_name(self._part)}", error) from None
+        self._behind.release(offset + len(data))
+        return data
+
+    def checkpoint(self, state: PartialState) -> None:
+        assert self._fd is not None and self._folder is not None, "begin() first"
+        try:
+            os.fdatasync(self._fd)  # the bytes first: the state must never claim what is not on disk
+        except OSError as error:
+            raise destination_error(f"cannot write {self.final.with_name(self._part)}", error) from None
+        self._folder.replace(self._state, json.dumps(asdict(state)).encode())
 
     def commit(self) -> None:
         """fsync, then rename over the final name (replacing an old copy only now), then forget the state."""
@@ -264,6 +305,7 @@ class LocalPartial:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._behind = None
         if self._folder is not None:
             self._folder.close()
             self._folder = None
