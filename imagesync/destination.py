@@ -80,6 +80,19 @@ class PartialCopy(Protocol):
 
 
 @runtime_checkable
+class KeepsReplaced(Protocol):
+    """A destination that can keep an image's earlier copy aside (destination.keep_replaced)."""
+
+    def keep_aside(self, path: PurePosixPath, aside: PurePosixPath) -> None:
+        """Make ``aside`` a second name for what is under ``path`` now (which stays in place)."""
+        ...
+
+    def remove(self, path: PurePosixPath) -> None:
+        """Remove a copy kept aside (never following a link); gone already is fine."""
+        ...
+
+
+@runtime_checkable
 class SegmentedCopy(PartialCopy, Protocol):
     """A partial copy that can be written in pieces, out of order, and read back."""
 

@@ -26,7 +26,7 @@ DEFAULT_TEMPLATE = "{image_id}.qcow2"
 FIELDS = ("image_id", "image_name", "platform", "architecture")
 PARTIAL_SUFFIX = ".imagesync-part"
 STATE_SUFFIX = ".imagesync-state"
-RESERVED_NAMES = frozenset({"manifest.json", "SHA256SUMS", ".imagesync.lock", "manifest.journal"})
+RESERVED_NAMES = frozenset({"manifest.json", "SHA256SUMS", ".imagesync.lock", "manifest.journal", "replaced"})
 MAX_COMPONENT_BYTES = 200
 
 _MAX_EXTENSION_BYTES = 32  # a longer "extension" is just part of the name

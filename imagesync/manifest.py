@@ -57,6 +57,30 @@ def format_time(when: datetime | str) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplacedCopy:
+    """An earlier copy of an image kept aside when a re-export replaced it (destination.keep_replaced)."""
+
+    path: str  # replaced/<path>.<mirrored_at>, relative to the destination root
+    mirrored_at: str
+    source_etag: str
+    sha256: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "mirrored_at": self.mirrored_at, "source_etag": self.source_etag,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> ReplacedCopy:
+        fields = ("path", "mirrored_at", "source_etag", "sha256")
+        if not (isinstance(data, dict) and all(isinstance(data.get(k), str) for k in fields[:3])
+                and (data.get("sha256") is None or isinstance(data.get("sha256"), str))
+                and _is_relative(data["path"]) and _TIME.fullmatch(data["mirrored_at"])):
+            raise DestinationError(f"{where}: a replaced copy is malformed; repair or remove this entry")
+        return cls(path=data["path"], mirrored_at=data["mirrored_at"], source_etag=data["source_etag"],
+                   sha256=data.get("sha256"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ManifestEntry:
     """One mirrored, verified image. Invalid values raise ValueError; a query string is dropped."""
 
@@ -75,6 +99,7 @@ class ManifestEntry:
     verified: str = VERIFIED_CRC64
     missing_since: str | None = None
     verify_problem: str | None = None  # what the last `imagesync verify` found wrong: the next sync refetches
+    replaced: tuple[ReplacedCopy, ...] = ()  # earlier copies kept aside, newest first
 
     def __post_init__(self) -> None:
         url = urlsplit(self.source_url)
@@ -93,6 +118,8 @@ class ManifestEntry:
             data["missing_since"] = self.missing_since
         if self.verify_problem is not None:
             data["verify_problem"] = self.verify_problem
+        if self.replaced:
+            data["replaced"] = [copy.to_json() for copy in self.replaced]
         return data
 
     @classmethod
@@ -115,6 +142,10 @@ class ManifestEntry:
                 raise DestinationError(
                     f"{where}: {name} is {got}, expected {expected}; repair or remove this entry"
                 )
+        replaced = data.get("replaced", [])
+        if not isinstance(replaced, list):
+            raise DestinationError(f"{where}: replaced is not a list; repair or remove this entry")
+        values["replaced"] = tuple(ReplacedCopy.from_json(item, where=where) for item in replaced)
         try:
             return cls(**values)
         except ValueError as error:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 import httpx
 import trio
@@ -27,7 +28,7 @@ from . import killpoints
 from .bandwidth import BandwidthLimit
 from .config import Config
 from .credentials import Credentials
-from .destination import Destination, ManifestStore, PartialCopy, ServerSideCopier
+from .destination import Destination, KeepsReplaced, ManifestStore, PartialCopy, ServerSideCopier
 from .ens import ExportedImage, open_ens_client
 from .errors import (
     EXIT_IMAGE_FAILED,
@@ -37,7 +38,7 @@ from .errors import (
     Interrupted,
     TransferError,
 )
-from .manifest import SIZE_ONLY, VERIFIED_CRC64, Manifest, ManifestEntry, ManifestWriter
+from .manifest import SIZE_ONLY, VERIFIED_CRC64, Manifest, ManifestEntry, ManifestWriter, ReplacedCopy
 from .plan import Action, Plan, PlannedImage, PlanOptions, Selection, make_plan, plan_images, select
 from .progress import Progress, format_bytes, make_progress
 from .retry import RetryPolicy
@@ -76,6 +77,8 @@ class Outcome:
     seconds: float = 0.0
     reason: str = ""
     verified: str = ""  # how a mirrored image was verified (manifest.VERIFICATIONS)
+    size: int = 0  # of the whole image
+    resumed_at: int = 0  # bytes a previous run had already written
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,7 +254,8 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
                 jobs_send.close()
                 for _ in range(config.transfer.concurrency):
                     nursery.start_soon(workers.run, jobs_receive.clone(), results_send.clone())
-            await _report(results_receive, writer, progress, outcomes)
+            committer = _Committer(destination, writer, config.destination.keep_replaced)
+            await _report(results_receive, committer, progress, outcomes)
             nursery.cancel_scope.cancel()  # only the signal watcher is left
     except BaseException:
         # Every record is already in the fsynced journal; compacting now is a courtesy that
@@ -303,7 +307,7 @@ async def _feed_when_exported(waiter: Waiter, jobs: trio.MemorySendChannel[Plann
                     await _hand_over(item, jobs, results)
 
 
-async def _report(results: trio.MemoryReceiveChannel[_Finished], writer: ManifestWriter,
+async def _report(results: trio.MemoryReceiveChannel[_Finished], committer: _Committer,
                   progress: Progress, outcomes: list[Outcome]) -> None:
     async with results:
         async for finished in results:
@@ -312,7 +316,7 @@ async def _report(results: trio.MemoryReceiveChannel[_Finished], writer: Manifes
                 # Rename and journal record in one uninterruptible thread call: a signal can
                 # never leave a verified file under its final name without its manifest entry.
                 try:
-                    await trio.to_thread.run_sync(_commit_and_record, finished, writer)
+                    await trio.to_thread.run_sync(committer.commit_and_record, finished)
                 except TransferError as error:  # an OSS upload that could not be completed
                     outcome = dataclasses.replace(outcome, result=Result.FAILED, reason=str(error),
                                                   verified="")
@@ -402,14 +406,47 @@ class _Workers:
         return lambda count: self._progress.advance(image_id, count)
 
 
-def _commit_and_record(finished: _Finished, writer: ManifestWriter) -> None:
-    assert finished.entry is not None
-    if finished.partial is not None:  # an adopted file is already in place
-        killpoints.reached("before-rename")
-        finished.partial.commit()
-        killpoints.reached("after-rename")
-    writer.record(finished.entry)
-    killpoints.reached("recorded")
+class _Committer:
+    """Puts verified copies under their final names and records them: the reporter's hands."""
+
+    def __init__(self, destination: Destination, writer: ManifestWriter, keep_replaced: int) -> None:
+        self._destination = destination
+        self._writer = writer
+        self._keep = keep_replaced if isinstance(destination, KeepsReplaced) else 0
+
+    def commit_and_record(self, finished: _Finished) -> None:
+        """Blocking, and run as one thread call: a signal can never fall between the rename and
+        the record."""
+        entry = finished.entry
+        assert entry is not None
+        old = self._writer.entries.get(entry.image_id)
+        pruned: tuple[ReplacedCopy, ...] = ()
+        if old is not None:
+            entry, pruned = self._keep_aside(entry, old, new_bytes=finished.partial is not None)
+        if finished.partial is not None:  # an adopted file is already in place
+            killpoints.reached("before-rename")
+            finished.partial.commit()
+            killpoints.reached("after-rename")
+        self._writer.record(entry)
+        killpoints.reached("recorded")
+        for copy in pruned:
+            cast(KeepsReplaced, self._destination).remove(PurePosixPath(copy.path))
+
+    def _keep_aside(self, entry: ManifestEntry, old: ManifestEntry,
+                    new_bytes: bool) -> tuple[ManifestEntry, tuple[ReplacedCopy, ...]]:
+        """The new entry carrying the copies kept aside, and those now beyond keep_replaced."""
+        copies = old.replaced
+        replacing = (new_bytes and self._keep and old.source_etag != entry.source_etag
+                     and old.path == entry.path and old.verify_problem is None
+                     and self._destination.stat(PurePosixPath(old.path)) is not None)
+        if replacing:
+            aside = PurePosixPath("replaced", f"{old.path}.{old.mirrored_at}")
+            cast(KeepsReplaced, self._destination).keep_aside(PurePosixPath(old.path), aside)
+            copies = (ReplacedCopy(path=str(aside), mirrored_at=old.mirrored_at, source_etag=old.source_etag,
+                                   sha256=old.sha256), *copies)
+        if not self._keep:  # not keeping: earlier copies stay as they are, none is added
+            return dataclasses.replace(entry, replaced=copies), ()
+        return dataclasses.replace(entry, replaced=copies[: self._keep]), copies[self._keep :]
 
 
 def _outcome(item: PlannedImage, result: Result, *, reason: str, copied: Copied | None = None) -> Outcome:
@@ -418,6 +455,8 @@ def _outcome(item: PlannedImage, result: Result, *, reason: str, copied: Copied 
         action=item.action, result=result, reason=reason,
         bytes_transferred=copied.bytes_transferred if copied else 0,
         seconds=copied.seconds if copied else 0.0, verified=copied.verified if copied else "",
+        size=item.info.size if item.info else 0,
+        resumed_at=item.partial_bytes if item.action is Action.RESUME else 0,
     )
 
 
@@ -439,8 +478,13 @@ def _outcome_line(outcome: Outcome) -> str:
     rate = outcome.bytes_transferred / outcome.seconds / 2**20 if outcome.seconds else 0.0
     checked = ("size only: OSS publishes no checksum for it" if outcome.verified == SIZE_ONLY
                else f"verified ({outcome.verified})")
-    return (f"done {outcome.image_id} -> {outcome.path}: {format_bytes(outcome.bytes_transferred)} "
-            f"in {outcome.seconds:.1f} s ({rate:.0f} MiB/s), {checked}")
+    amount = format_bytes(outcome.bytes_transferred)
+    if outcome.bytes_transferred != outcome.size:
+        amount += f" of {format_bytes(outcome.size)}"
+    if outcome.resumed_at:
+        amount += f", resumed at {format_bytes(outcome.resumed_at)}"
+    return (f"done {outcome.image_id} -> {outcome.path}: {amount} in {outcome.seconds:.1f} s "
+            f"({rate:.0f} MiB/s), {checked}")
 
 
 def _failed(image: ExportedImage, reason: str) -> Outcome:

@@ -186,3 +186,25 @@ def test_example_config_is_the_annotated_file(tmp_path: Path) -> None:
     assert result.stdout == shipped
     missing = imagesync("sync", "-c", tmp_path / "nope.toml")
     assert missing.returncode == 2 and "imagesync example-config" in one_sentence(missing)
+
+
+def test_keep_replaced_keeps_exactly_the_last_copies(emulator: Any, tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, destination={"keep_replaced": 1})
+    image_id = sorted(e["ImageId"] for e in emulator.exported())[0]
+    versions = [emulator.object_path(image_id).read_bytes()]
+    assert imagesync("sync", "-c", config).returncode == 0
+    for _ in range(2):  # two re-exports
+        time.sleep(1.1)  # a new mirrored_at second, so each kept copy has its own name
+        emulator.rewrite_object(image_id)
+        versions.append(emulator.object_path(image_id).read_bytes())
+        result = imagesync("sync", "-c", config)
+        assert result.returncode == 0, result.stderr
+    entry = next(e for e in json.loads((mirror / "manifest.json").read_text())["images"] if e["image_id"] == image_id)
+    assert (mirror / entry["path"]).read_bytes() == versions[2]
+    [kept] = entry["replaced"]
+    assert (mirror / kept["path"]).read_bytes() == versions[1]
+    assert kept["path"].startswith("replaced/")
+    assert [p.name for p in (mirror / "replaced").iterdir()] == [Path(kept["path"]).name]
+    assert sums_ok(mirror)  # SHA256SUMS lists the current files only
+    assert "replaced/" not in (mirror / "SHA256SUMS").read_text()

@@ -137,6 +137,29 @@ class LocalDestination:
         except OSError as error:
             raise destination_error(f"cannot read {full}", error) from None
 
+    def keep_aside(self, path: PurePosixPath, aside: PurePosixPath) -> None:
+        """A hard link: the old copy never leaves its final name before the new one takes it."""
+        resolve_inside(self.root, aside)
+        try:
+            with self._folder_of(path, create=False) as source, self._folder_of(aside, create=True) as target:
+                target.unlink(aside.name)
+                os.link(path.name, aside.name, src_dir_fd=source.fd, dst_dir_fd=target.fd,
+                        follow_symlinks=False)
+                target.fsync()
+        except OSError as error:
+            raise destination_error(f"cannot keep the replaced copy as {self.root / aside}", error) from None
+
+    def remove(self, path: PurePosixPath) -> None:
+        resolve_inside(self.root, path)
+        try:
+            with self._folder_of(path, create=False) as folder:
+                folder.unlink(path.name)
+                folder.fsync()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise destination_error(f"cannot remove {self.root / path}", error) from None
+
     def partial(self, path: PurePosixPath) -> LocalPartial:
         resolve_inside(self.root, path)  # refuses a hostile path before anything is touched
         return LocalPartial(self, path)
