@@ -40,7 +40,7 @@ from .errors import (
 )
 from .manifest import SIZE_ONLY, VERIFIED_CRC64, Manifest, ManifestEntry, ManifestWriter, ReplacedCopy
 from .plan import Action, Plan, PlannedImage, PlanOptions, Selection, make_plan, plan_images, select
-from .progress import Progress, format_bytes, make_progress
+from .progress import Progress, format_bytes, make_progress, make_status, plural
 from .retry import RetryPolicy
 from .sinks.local import LocalDestination
 from .source import ObjectSource, locate
@@ -112,14 +112,17 @@ async def run_sync(config: Config, credentials: Credentials, options: RunOptions
         with nullcontext() if options.dry_run else destination.lock():
             killpoints.reached("locked")
             async with open_ens_client(config.ens, credentials) as ens, _open_source_client(config) as http:
-                images = await ens.list_images()
+                status = make_status(options.progress, options.quiet)  # at a terminal: not a blank screen
+                images = await ens.list_images(on_page=status.listing)
                 killpoints.reached("listed")
                 store = await trio.to_thread.run_sync(destination.manifest_store)
                 manifest = await trio.to_thread.run_sync(Manifest.load, store)
                 planner = _Planner(config, credentials, destination, manifest, http, options)
                 selection = select(images, config.filter)
                 waiting = still_exporting(selection.not_exported) if options.wait else []
+                status.show(f"planning {plural(len(selection.selected), 'image')}…")
                 plan = await planner.plan(images, selection, waiting)
+                status.clear()
                 if options.dry_run:
                     outcomes = _planned_failures(plan, options)
                 else:
@@ -237,7 +240,8 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
     await trio.to_thread.run_sync(writer.mark_missing, [e.image_id for e in plan.missing], _utc_now())
     await trio.to_thread.run_sync(writer.mark_present, relisted)
     killpoints.reached("marked")
-    progress = make_progress(options.progress, plan.bytes_to_transfer, options.quiet)
+    progress = make_progress(options.progress, plan.bytes_to_transfer, options.quiet,
+                             interval_s=config.run.progress_interval_s)
     outcomes = _planned_failures(plan, options)
     for failure in outcomes:
         progress.finish(failure.image_id, _outcome_line(failure), ok=False)
