@@ -284,3 +284,23 @@ def test_verify_an_oss_mirror(emu: EmulatorHandle, tmp_path: Path) -> None:
     assert result.returncode == 1
     verdicts_json = {v["image_id"]: v["result"] for v in json.loads(result.stdout)}
     assert verdicts_json[image_id] == "corrupt" and list(verdicts_json.values()).count("ok") == 2
+
+
+def test_keep_replaced_keeps_earlier_copies_in_the_bucket(emu: EmulatorHandle, tmp_path: Path) -> None:
+    config = oss_config(emu, tmp_path, "far", keep_replaced=1)
+    image_id = emu.exported()[1]["ImageId"]
+    versions = [emu.object_path(image_id).read_bytes()]
+    assert imagesync("sync", "-c", config).returncode == 0
+    for _ in range(2):
+        emu.rewrite_object(image_id)
+        versions.append(emu.object_path(image_id).read_bytes())
+        result = imagesync("sync", "-c", config, "--image-id", image_id)
+        assert result.returncode == 0, result.stderr
+    oss = emu.dest_bucket("far")
+    entry = next(e for e in manifest(emu, "far")["images"] if e["image_id"] == image_id)
+    assert oss.get_object(f"{PREFIX}/{entry['path']}").read() == versions[2]
+    [kept] = entry["replaced"]  # keep_replaced = 1: the oldest was pruned
+    assert oss.get_object(f"{PREFIX}/{kept['path']}").read() == versions[1]
+    assert kept["sha256"] == sha(versions[1])
+    assert emu.keys("far", f"{PREFIX}/replaced/") == [f"{PREFIX}/{kept['path']}"]
+    assert uploads(emu, "far") == []

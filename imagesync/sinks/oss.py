@@ -34,7 +34,7 @@ from ..retry import RetryPolicy
 from ..source import ObjectInfo, ObjectLocation
 from .local import JOURNAL_NAME, MANIFEST_NAME, SUMS_NAME, LocalManifestStore
 from .oss_client import KeyMissing, OssClient, UploadGone
-from .oss_copy import PARALLEL_PARTS, ServerSideCopy
+from .oss_copy import PARALLEL_PARTS, ServerSideCopy, copy_within_bucket
 from .oss_state import StateFolder, UploadRecord, state_folder
 from .oss_upload import OssPartial
 
@@ -87,7 +87,7 @@ def _split_url(url: str) -> tuple[str, str]:
 
 
 class OssDestination:
-    """``oss://bucket/prefix``: a `Destination` and a `ServerSideCopier`."""
+    """``oss://bucket/prefix``: a `Destination`, a `ServerSideCopier` and `KeepsReplaced`."""
 
     def __init__(self, client: OssClient, state: StateFolder, *, read_back: str = "auto") -> None:
         self.name = client.name
@@ -124,6 +124,13 @@ class OssDestination:
             return self._client.digest(self._key(path))
         except KeyMissing:
             return None
+
+    def keep_aside(self, path: PurePosixPath, aside: PurePosixPath) -> None:
+        """A copy made inside OSS (no rename there); the object under ``path`` stays in place."""
+        copy_within_bucket(self._client, self._key(path), self._key(aside))
+
+    def remove(self, path: PurePosixPath) -> None:
+        self._client.delete(self._key(path))
 
     def partial(self, path: PurePosixPath) -> OssPartial:
         return OssPartial(self._client, self._state, self._key(path))

@@ -12,6 +12,7 @@ that fails its check after Complete is deleted rather than left under its final 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -137,3 +138,26 @@ class ServerSideCopy:
 
     async def _thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(partial(function, *args, **kwargs))
+
+
+def copy_within_bucket(client: OssClient, source_key: str, target_key: str) -> None:
+    """A second copy of an object of this bucket, made inside OSS part by part (blocking)."""
+    head = client.head(source_key, failure=TransferError)
+    if head.size == 0:
+        client.put(target_key, b"")
+        return
+    upload_id = client.initiate(target_key)
+    try:
+        size = copy_part_size(head.size)
+        parts = []
+        for number, first in enumerate(range(0, head.size, size), 1):
+            last = min(first + size, head.size) - 1
+            stored = client.upload_part_copy(client.bucket, source_key, first, last,
+                                             if_match=f'"{head.etag}"', key=target_key, upload_id=upload_id,
+                                             number=number)
+            parts.append((number, stored.etag))
+        client.complete(target_key, upload_id, parts)
+    except BaseException:
+        with contextlib.suppress(TransferError):
+            client.abort(target_key, upload_id)
+        raise
