@@ -92,8 +92,8 @@ class LogProgress:
         reported = 0
         for image_id, running in self._running.items():
             elapsed = now - running.mark_s
-            if elapsed < self._interval / 2:  # just started: it waits for the next round
-                continue
+            if elapsed < self._interval / 2 or running.done >= running.size:  # just started or
+                continue  # already complete (its "done" line is next)
             rate = (running.done - running.mark_done) / elapsed
             log.info("progress %s: %s", image_id, transfer_line(running.done, running.size, rate, elapsed))
             running.mark_s, running.mark_done = now, running.done

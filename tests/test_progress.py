@@ -194,3 +194,12 @@ def test_status_line_needs_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
         status.listing(1, 2)
         status.show("planning")
     assert progress.sys.stderr.getvalue() == ""
+
+
+def test_a_complete_transfer_is_left_to_its_done_line(logged: list[str]) -> None:
+    clock = FakeClock()
+    shown = LogProgress(interval_s=10, clock=clock)
+    shown.start("m-1", "a", 8 * MiB, 0)
+    clock.now += 10
+    shown.advance("m-1", 8 * MiB)  # bytes are counted per batch: the last one ends it
+    assert logged == ["start m-1 (a, 8.0 MiB)"]
