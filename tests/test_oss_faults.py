@@ -6,6 +6,7 @@ multipart upload left open under the prefix.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,28 @@ def test_upload_records_of_finished_images_are_cleaned_up(emu: EmulatorHandle, t
     assert summary(result)["images"][0]["action"] == "adopt"  # the object is already the source
     assert not list((tmp_path / "state").rglob("*.upload"))
     assert_bucket_mirrors(emu, "far", "crc64+sha256")
+
+
+def test_uploads_nobody_needs_are_aborted_after_a_sync(start_emulator: StartEmulator, tmp_path: Path) -> None:
+    """An upload with no record (a crash right after Initiate) and the record of an image no run
+    has looked at for a week are aborted at the end of a sync; a resumable one is kept."""
+    emu = start_emulator(images=2, image_size="20MiB", dest_buckets=["far@cn-beijing"])
+    kept_id, gone_id = (e["ImageId"] for e in emu.exported())
+    config = oss_config(emu, tmp_path, "far")
+    stray = emu.dest_bucket("far").init_multipart_upload(f"{PREFIX}/stray.qcow2").upload_id
+    killed(config, "batch-written:2")  # both images have an upload in progress now
+    assert len(uploads(emu, "far")) == 3
+    records = list((tmp_path / "state").rglob("*.upload"))
+    assert len(records) == 2
+    for record in records:
+        if gone_id in record.read_text():
+            os.utime(record, (1, 1))  # last touched long ago, and not planned below
+    result = imagesync("sync", "-c", config, "--image-id", emu.exported()[0]["ImageId"], "--dry-run")
+    assert result.returncode == 0 and len(uploads(emu, "far")) == 3  # a dry run cleans nothing
+
+    emu.faults(upload_part_5xx=10_000, key=f"{PREFIX}/{kept_id}.qcow2")  # fails, resumable later
+    result = imagesync("sync", "-c", config, "--json", "--image-id", kept_id)
+    assert result.returncode == 1, result.stderr
+    assert stray not in uploads(emu, "far")
+    assert len(uploads(emu, "far")) == 0  # kept_id failed for good: aborted too
+    assert not list((tmp_path / "state").rglob("*.upload"))

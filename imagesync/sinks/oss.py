@@ -170,7 +170,7 @@ class OssDestination:
                 if self._still_needed(record, now):
                     live.add(record.upload_id)
                 else:
-                    self.partial(PurePosixPath(record.key)).discard()
+                    OssPartial(self._client, self._state, record.key).discard()
             for key, upload_id in self._client.list_uploads():
                 if upload_id not in live:
                     with contextlib.suppress(UploadGone):
