@@ -287,11 +287,12 @@ def _mincore(path: Path) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     page = mmap.PAGESIZE
     pages = -(-size // page)
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ) as mapped:
-        address = ctypes.c_void_p.from_buffer(mapped)  # type: ignore[arg-type]
+    # a private (copy-on-write) mapping is writable for ctypes; untouched, it shows the page cache
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        address = ctypes.c_char.from_buffer(mapped)
         vector = (ctypes.c_ubyte * pages)()
         try:
-            if libc.mincore(address, ctypes.c_size_t(size), vector) != 0:
+            if libc.mincore(ctypes.byref(address), ctypes.c_size_t(size), vector) != 0:
                 raise OSError(ctypes.get_errno(), "mincore")
         finally:
             del address
@@ -874,7 +875,7 @@ def machine(workdir: Path) -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(workdir)], capture_output=True,
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T", str(workdir)], capture_output=True,
                         text=True, check=False).stdout.strip()
     versions = {}
     for tool, flag in (("nginx", "-v"), ("aria2c", "--version"), ("rclone", "version"), ("curl", "--version")):
