@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,6 +27,8 @@ from .layout import assign_paths
 from .manifest import Manifest, ManifestEntry
 from .retry import RetryPolicy
 from .source import ObjectInfo, ObjectSource, TransientError
+
+log = logging.getLogger("imagesync")
 
 EXPORTED = "Exported"
 
@@ -155,6 +159,9 @@ async def make_plan(
     return Plan(items=ordered, selection=selection, missing=missing, free_bytes=free, paths=paths)
 
 
+LISTING_MIN_IMAGES = 20  # fewer than this in a bucket: a HEAD each is as quick as listing it
+
+
 async def plan_images(
     images: Sequence[ExportedImage],
     paths: Mapping[str, PurePosixPath],
@@ -164,14 +171,29 @@ async def plan_images(
     make_source: Callable[[ExportedImage], ObjectSource],
     options: PlanOptions,
 ) -> list[PlannedImage]:
-    """Plan each image (a HEAD each, bounded), in the order given."""
+    """Plan each image, in the order given.
+
+    The destination is looked at once for all of them, and the source objects' identity (ETag,
+    size) comes from listing their buckets, 1,000 objects a request; a HEAD is made only where
+    listing is not allowed, or where the decision needs the object's CRC-64 (resume, adopt).
+    """
+    sources: dict[str, ObjectSource | TransferError] = {}
+    for image in images:
+        try:
+            sources[image.image_id] = make_source(image)
+        except TransferError as error:
+            sources[image.image_id] = error
+    wanted = {image.image_id: paths[image.image_id] for image in images}
+    found = await trio.to_thread.run_sync(_look_up, destination, wanted)
+    listed = await _list_sources([s for s in sources.values() if isinstance(s, ObjectSource)])
     items: dict[str, PlannedImage] = {}
     limiter = trio.CapacityLimiter(options.concurrency)
 
     async def plan_one(image: ExportedImage) -> None:
         async with limiter:
-            item = await _plan_image(image, paths[image.image_id], manifest.get(image.image_id),
-                                     destination, make_source, options)
+            source = sources[image.image_id]
+            item = await _plan_image(image, paths[image.image_id], manifest.get(image.image_id), source,
+                                     found[image.image_id], listed, destination, options)
             if (options.server_side_copy and item.source is not None
                     and isinstance(destination, ServerSideCopier)):
                 reason = destination.server_side_copy_reason(item.source.location)
@@ -185,22 +207,65 @@ async def plan_images(
     return [items[image.image_id] for image in images]
 
 
+_Found = tuple[Mirrored | None, PartialState | None, int] | DestinationError
+
+
+def _look_up(destination: Destination, paths: Mapping[str, PurePosixPath]) -> dict[str, _Found]:
+    """What the destination holds for each image: one thread call for all of them."""
+    found: dict[str, _Found] = {}
+    for image_id, path in paths.items():
+        try:
+            found[image_id] = (destination.stat(path), *destination.partial(path).read_state())
+        except DestinationError as error:
+            found[image_id] = error
+    return found
+
+
+async def _list_sources(sources: Sequence[ObjectSource]) -> dict[tuple[str, str, str], ObjectInfo]:
+    """(endpoint, bucket, key) -> ETag and size, for buckets with enough images to be worth listing."""
+    by_bucket: dict[tuple[str, str], list[ObjectSource]] = {}
+    for source in sources:
+        by_bucket.setdefault((source.location.endpoint, source.location.bucket), []).append(source)
+    listed: dict[tuple[str, str, str], ObjectInfo] = {}
+    for (endpoint, bucket), group in by_bucket.items():
+        if len(group) < LISTING_MIN_IMAGES:
+            continue
+        keys = [source.location.key for source in group]
+        prefix = os.path.commonprefix(keys)  # noqa: RUF071 - object keys, not paths
+        objects = await trio.to_thread.run_sync(group[0].list_bucket, prefix, abandon_on_cancel=True)
+        if objects is None:
+            log.debug("cannot list oss://%s/%s; reading each object's identity with a HEAD", bucket, prefix)
+            continue
+        listed.update(((endpoint, bucket, key), info) for key, info in objects.items())
+    return listed
+
+
 async def _plan_image(
     image: ExportedImage,
     path: PurePosixPath,
     entry: ManifestEntry | None,
+    source: ObjectSource | TransferError,
+    found: _Found,
+    listed: Mapping[tuple[str, str, str], ObjectInfo],
     destination: Destination,
-    make_source: Callable[[ExportedImage], ObjectSource],
     options: PlanOptions,
 ) -> PlannedImage:
     try:
-        source = make_source(image)
-        info = await _head(source, options.retry)
-        mirrored, (state, on_disk) = await trio.to_thread.run_sync(
-            lambda: (destination.stat(path), destination.partial(path).read_state())
-        )
-        action, reason, partial_bytes = _decide(entry, info, mirrored, state, on_disk,
-                                                source.location.public_url)
+        if isinstance(source, TransferError):
+            raise source
+        if isinstance(found, DestinationError):
+            raise found
+        mirrored, state, on_disk = found
+        location = source.location
+        info = listed.get((location.endpoint, location.bucket, location.key))
+        if info is None:
+            info = await _head(source, options.retry)
+        action, reason, partial_bytes = _decide(entry, info, mirrored, state, on_disk, location.public_url)
+        if not info.complete and action is not Action.SKIP and (mirrored or state):
+            # Resuming or adopting hangs on the object's CRC-64, which only a HEAD tells.
+            info = await _head(source, options.retry)
+            action, reason, partial_bytes = _decide(entry, info, mirrored, state, on_disk,
+                                                    location.public_url)
         if action is Action.SKIP and options.checksum and entry is not None:
             action, reason = await _rehash(destination, path, entry)
     except (TransferError, DestinationError) as error:
@@ -241,6 +306,11 @@ async def _rehash(destination: Destination, path: PurePosixPath, entry: Manifest
             entry.sha256 is None or digest.sha256 == entry.sha256):
         return Action.SKIP, "mirrored, source unchanged, re-hashed: intact"
     return Action.REPLACE, "re-hashed: the mirrored copy no longer matches its recorded checksums"
+
+
+async def head(source: ObjectSource, retry: RetryPolicy) -> ObjectInfo:
+    """The object's full identity (ETag, size, CRC-64), retrying transient failures."""
+    return await _head(source, retry)
 
 
 async def _head(source: ObjectSource, retry: RetryPolicy) -> ObjectInfo:

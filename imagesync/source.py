@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 import time
@@ -93,6 +94,8 @@ class ObjectInfo:
     # A value that is not base64 of exactly 16 bytes counts as absent: it is an optional
     # checksum, and an unusable one must neither fail the image nor be trusted.
     content_md5: str | None = None
+    # False when it came from a bucket listing (ETag and size only): HEAD it before a transfer.
+    complete: bool = True
 
 
 def locate(url: str, config: SourceConfig) -> ObjectLocation:
@@ -193,6 +196,7 @@ class ObjectSource:
         self._http = http
         self.location = location
         self._expires_s = expires_s
+        self._credentials = credentials
         try:
             self._bucket = _oss2_bucket(location, credentials) if credentials else None
         except oss2.exceptions.ClientError as error:
@@ -201,6 +205,10 @@ class ObjectSource:
 
     def resign(self) -> None:
         self._signed.clear()
+
+    def list_bucket(self, prefix: str) -> dict[str, ObjectInfo] | None:
+        """`list_objects` of this object's bucket, with the same credentials. Blocking."""
+        return list_objects(self.location, self._credentials, prefix)
 
     def _url(self, method: str) -> str:
         if self._bucket is None:
@@ -471,9 +479,43 @@ def _describe(error: httpx.TransportError) -> str:
     return str(error) or type(error).__name__
 
 
-def _oss2_bucket(location: ObjectLocation, credentials: Credentials) -> oss2.Bucket:
+@functools.lru_cache(maxsize=64)
+def _oss2_bucket_for(endpoint: str, bucket: str, region: str, credentials: Credentials) -> oss2.Bucket:
     provider = oss2.credentials.StaticCredentialsProvider(
         credentials.access_key_id, credentials.access_key_secret, credentials.security_token or ""
     )
-    auth = oss2.ProviderAuthV4(provider)
-    return oss2.Bucket(auth, location.endpoint, location.bucket, region=location.region)
+    return oss2.Bucket(oss2.ProviderAuthV4(provider), endpoint, bucket, region=region)
+
+
+def _oss2_bucket(location: ObjectLocation, credentials: Credentials) -> oss2.Bucket:
+    """One oss2 Bucket per bucket and credentials (building one costs a requests Session)."""
+    return _oss2_bucket_for(location.endpoint, location.bucket, location.region, credentials)
+
+
+LISTING_PAGES_MAX = 200  # 200,000 keys: beyond that, one HEAD per image is the cheaper way
+
+
+def list_objects(location: ObjectLocation, credentials: Credentials | None,
+                 prefix: str) -> dict[str, ObjectInfo] | None:
+    """ETag and size of every object under ``prefix`` in ``location``'s bucket (1,000 per
+    request), or None when the bucket cannot be listed (no oss:ListObjects permission, an
+    answer we cannot read): callers then HEAD each object. Blocking."""
+    if credentials is not None:
+        bucket = _oss2_bucket(location, credentials)
+    else:
+        bucket = oss2.Bucket(oss2.AnonymousAuth(), location.endpoint, location.bucket)
+    found: dict[str, ObjectInfo] = {}
+    try:
+        for page, listed in enumerate(oss2.ObjectIteratorV2(bucket, prefix=prefix, max_keys=1000)):
+            if page >= LISTING_PAGES_MAX * 1000:
+                return None
+            etag = f'"{listed.etag}"'
+            if not ETAG.fullmatch(etag) or not 0 <= listed.size < MAX_OBJECT_BYTES:
+                return None
+            found[listed.key] = ObjectInfo(etag=etag, size=listed.size, crc64ecma=None,
+                                           last_modified="", complete=False)
+    # An optimisation only: whatever goes wrong (a refusal, a transport error, XML oss2 cannot
+    # parse), the HEAD per object that follows decides.
+    except Exception:
+        return None
+    return found

@@ -39,7 +39,7 @@ from .errors import (
     TransferError,
 )
 from .manifest import SIZE_ONLY, VERIFIED_CRC64, Manifest, ManifestEntry, ManifestWriter, ReplacedCopy
-from .plan import Action, Plan, PlannedImage, PlanOptions, Selection, make_plan, plan_images, select
+from .plan import Action, Plan, PlannedImage, PlanOptions, Selection, head, make_plan, plan_images, select
 from .progress import Progress, format_bytes, make_progress, make_status, plural
 from .retry import RetryPolicy
 from .sinks.local import LocalDestination
@@ -352,6 +352,12 @@ class _Workers:
     async def _mirror(self, item: PlannedImage) -> _Finished:
         assert item.source is not None and item.info is not None
         image_id = item.image.image_id
+        if not item.info.complete:  # known from a bucket listing: the CRC-64 needs a HEAD
+            try:
+                item = dataclasses.replace(item, info=await head(item.source, self._retry))
+            except TransferError as error:
+                return _Finished(outcome=_outcome(item, Result.FAILED, reason=str(error)))
+        assert item.source is not None and item.info is not None
         self._progress.start(image_id, item.image.image_name, item.info.size, item.partial_bytes)
         if item.check_existing:
             adopted = await self._adopt(item)

@@ -208,3 +208,23 @@ def test_keep_replaced_keeps_exactly_the_last_copies(emulator: Any, tmp_path: Pa
     assert [p.name for p in (mirror / "replaced").iterdir()] == [Path(kept["path"]).name]
     assert sums_ok(mirror)  # SHA256SUMS lists the current files only
     assert "replaced/" not in (mirror / "SHA256SUMS").read_text()
+
+
+def test_many_images_are_planned_from_bucket_listings_not_heads(start_emulator: Any, tmp_path: Path) -> None:
+    emulator = start_emulator(images=30, image_size="4KiB")
+    mirror = tmp_path / "mirror"
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    first = imagesync("sync", "-c", config, "--json")
+    assert first.returncode == 0, first.stderr
+    assert emulator.stats()["oss_operations"].get("ListObjectsV2", 0) >= 1
+    emulator.reset()
+    changed = sorted(e["ImageId"] for e in emulator.exported())[3]
+    emulator.rewrite_object(changed)
+    second = imagesync("sync", "-c", config, "--json")
+    assert second.returncode == 0, second.stderr
+    stats = emulator.stats()
+    assert stats["object_heads"] == 1  # only the changed image, for its CRC-64 before the transfer
+    assert summary(second)["counts"] == {"mirrored": 1, "skipped": 29, "failed": 0}
+    assert sums_ok(mirror)
+    entry = next(e for e in json.loads((mirror / "manifest.json").read_text())["images"] if e["image_id"] == changed)
+    assert (mirror / entry["path"]).read_bytes() == emulator.object_path(changed).read_bytes()
