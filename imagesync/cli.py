@@ -258,7 +258,8 @@ def _verify_command(args: argparse.Namespace) -> int:
     on_oss = config.destination.url.startswith("oss://")
     credentials = resolve_credentials(config.credentials) if on_oss else None
     with contextlib.closing(open_destination(config, credentials)) as destination:
-        verdicts = trio.run(partial(verify_mirror, destination, config.transfer.concurrency, read=args.read))
+        verdicts = trio.run(partial(verify_mirror, destination, config.transfer.concurrency, read=args.read,
+                                    interval_s=config.run.progress_interval_s))
     bad = [v for v in verdicts if v.result is not VerifyResult.OK]
     if config.run.metrics_file:
         metrics.write_verify_metrics(Path(config.run.metrics_file), at=time.time(), problems=len(bad))

@@ -19,6 +19,7 @@ from . import killpoints
 from .destination import Destination, ManifestStore
 from .errors import DestinationError
 from .manifest import Manifest, ManifestEntry, ManifestWriter
+from .progress import DEFAULT_INTERVAL_S, Ticker
 
 log = logging.getLogger("imagesync")
 
@@ -38,7 +39,8 @@ class Verdict:
     reason: str = ""
 
 
-async def verify_mirror(destination: Destination, concurrency: int, *, read: bool = False) -> list[Verdict]:
+async def verify_mirror(destination: Destination, concurrency: int, *, read: bool = False,
+                        interval_s: float = DEFAULT_INTERVAL_S) -> list[Verdict]:
     """Check every recorded image and record the verdicts in the manifest (where it can be
     written), so the next sync fetches what is missing or corrupt again.
 
@@ -50,7 +52,8 @@ async def verify_mirror(destination: Destination, concurrency: int, *, read: boo
         manifest = await trio.to_thread.run_sync(Manifest.load, store)
         if store is None or (not manifest.entries and manifest.updated_at is None):
             raise DestinationError(f"{destination.name} has no manifest.json; nothing to verify")
-        verdicts = await _verify_entries(destination, manifest, concurrency, read)
+        ticker = Ticker("verify", len(manifest.entries), interval_s=interval_s)
+        verdicts = await _verify_entries(destination, manifest, concurrency, read, ticker)
         await trio.to_thread.run_sync(_record, manifest, store, verdicts, destination.name)
         return verdicts
 
@@ -69,13 +72,14 @@ def _record(manifest: Manifest, store: ManifestStore, verdicts: list[Verdict], w
 
 
 async def _verify_entries(destination: Destination, manifest: Manifest, concurrency: int,
-                          read: bool) -> list[Verdict]:
+                          read: bool, ticker: Ticker) -> list[Verdict]:
     limiter = trio.CapacityLimiter(concurrency)
     verdicts: dict[str, Verdict] = {}
 
     async def check(entry: ManifestEntry) -> None:
         verdicts[entry.image_id] = await trio.to_thread.run_sync(
             _check_entry, destination, entry, read, limiter=limiter, abandon_on_cancel=True)
+        ticker.tick()
         killpoints.reached("verified-one")
 
     async with trio.open_nursery() as nursery:
