@@ -50,7 +50,7 @@ def test_a_part_stored_with_other_bytes_is_uploaded_again(emu: EmulatorHandle, t
 
 
 def test_a_part_stored_wrong_twice_fails_the_image(emu: EmulatorHandle, tmp_path: Path) -> None:
-    emu.faults(corrupt_part_crc=2)
+    emu.faults(corrupt_part_crc=100)  # every part, every time
     result = imagesync("sync", "-c", oss_config(emu, tmp_path, "far"), "--json")
     assert result.returncode == 1, result.stderr
     reason = summary(result)["images"][0]["reason"]

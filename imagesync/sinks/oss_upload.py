@@ -1,7 +1,7 @@
 """One image streamed into an OSS multipart upload: parts checked by CRC-64, resumable, published by Complete.
 
 `write` fills a part buffer; each full part is uploaded by a helper thread while the next one
-fills (at most one part in flight: memory is two parts per image, whatever its size), and OSS's
+fills (at most PARTS_IN_FLIGHT parts in flight: memory is a few parts per image, whatever its size), and OSS's
 CRC-64 of each part must equal that of the bytes sent (a mismatch is uploaded again once). Each
 verified part is recorded in the state folder (see `oss_state`), so a later run asks ListParts
 which of them OSS still holds and goes on after the last contiguous one. `commit` completes the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -29,6 +30,7 @@ log = logging.getLogger("imagesync")
 MIB = 1 << 20
 MIN_PART_BYTES = 8 * MIB
 MAX_PARTS = 10_000
+PARTS_IN_FLIGHT = 2  # memory per image: (PARTS_IN_FLIGHT + 1) parts
 
 
 def part_size_for(size: int) -> int:
@@ -62,13 +64,14 @@ class OssPartial:
         self._where = client.where(key)
         self._verified: tuple[UploadRecord, list[PartRecord]] | None = None  # from read_state
         self._record: UploadRecord | None = None  # the upload being written, after begin
-        self._parts: list[PartRecord] = []
+        self._parts: list[PartRecord] = []  # stored and checked, appended as they finish
+        self._next = 1  # the number of the part being filled
         self._buffer: bytearray | None = None
-        self._spare: bytearray | None = None
+        self._free: list[bytearray] = []  # buffers of parts already stored
         self._filled = 0
         self._written = 0
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
+        self._in_flight: deque[tuple[Future[None], bytearray]] = deque()
         self._failure: ImagesyncError | None = None
 
     # --- resume ---
@@ -123,8 +126,9 @@ class OssPartial:
         killpoints.reached("state-written")
         self._record = record
         self._parts = list(record.parts)
+        self._next = len(record.parts) + 1
         self._written = keep_bytes
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagesync-part")
+        self._executor = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="imagesync-part")
 
     def _resumed(self, state: PartialState, keep_bytes: int) -> UploadRecord:
         """The recorded upload cut to its first ``keep_bytes`` bytes (parts beyond are dropped)."""
@@ -154,7 +158,7 @@ class OssPartial:
         view = memoryview(data).cast("B")
         while len(view):
             if self._buffer is None:
-                self._buffer = bytearray(record.part_size)
+                self._buffer = self._free.pop() if self._free else bytearray(record.part_size)
             take = min(len(view), record.part_size - self._filled)
             self._buffer[self._filled:self._filled + take] = view[:take]
             self._filled += take
@@ -166,25 +170,41 @@ class OssPartial:
             self._drain()  # the last byte is in: every part is stored and checked when this returns
 
     def _submit(self) -> None:
-        """Hand the full buffer to the helper thread, once the part before it is stored."""
-        self._drain()
+        """Hand the full buffer to a helper thread, once fewer than PARTS_IN_FLIGHT are on their way."""
+        while len(self._in_flight) >= PARTS_IN_FLIGHT:
+            self._wait_oldest()
         assert self._executor is not None and self._buffer is not None
-        number = len(self._parts) + 1
         data = memoryview(self._buffer)[:self._filled]
-        self._pending = self._executor.submit(self._upload, number, data)
-        self._buffer, self._spare = self._spare, self._buffer
+        self._in_flight.append((self._executor.submit(self._upload, self._next, data), self._buffer))
+        self._next += 1
+        self._buffer = None
         self._filled = 0
 
-    def _drain(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
+    def _wait_oldest(self) -> None:
+        future, buffer = self._in_flight.popleft()
         try:
-            pending.result()
+            future.result()
         except ImagesyncError as error:
-            self._fail(error)
+            self._settle()
+            if self._failure is None:
+                self._fail(error)
             assert self._failure is not None
             raise self._failure from None
+        finally:
+            self._free.append(buffer)
+
+    def _settle(self) -> None:
+        """Wait for the other parts in flight, whatever becomes of them (one failed already)."""
+        while self._in_flight:
+            future, buffer = self._in_flight.popleft()
+            self._free.append(buffer)
+            with contextlib.suppress(ImagesyncError):
+                future.result()
+
+    def _drain(self) -> None:
+        """Wait for every part in flight; raises the first failure once none is left running."""
+        while self._in_flight:
+            self._wait_oldest()
 
     def _upload(self, number: int, data: memoryview) -> None:
         """Upload one part (in the helper thread); again once if OSS stored other bytes."""
@@ -225,6 +245,7 @@ class OssPartial:
             if self._filled:
                 self._submit()
             self._drain()
+            self._parts.sort(key=lambda part: part.number)
             if not self._parts:  # an empty object still needs one part
                 assert self._executor is not None
                 self._executor.submit(self._upload, 1, memoryview(b"")).result()
@@ -267,13 +288,13 @@ class OssPartial:
 
     def close(self) -> None:
         """Wait for the part in flight (so it is recorded), then let go of the buffers."""
-        if self._pending is not None:
-            with contextlib.suppress(ImagesyncError):  # recorded in self._failure
-                self._drain()
+        with contextlib.suppress(ImagesyncError):  # recorded in self._failure
+            self._drain()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._buffer = self._spare = None
+        self._buffer = None
+        self._free.clear()
         self._filled = 0
 
     def _abort_quietly(self, upload_id: str) -> None:
