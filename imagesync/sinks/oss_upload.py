@@ -139,11 +139,13 @@ class OssPartial:
                                 "the next run starts it again")
         record, kept = self._verified
         parts: list[PartRecord] = []
+        total = 0
         for part in kept:
-            if sum(p.size for p in parts) >= keep_bytes:
+            if total >= keep_bytes:
                 break
             parts.append(part)
-        if sum(p.size for p in parts) != keep_bytes:
+            total += part.size
+        if total != keep_bytes:
             raise TransferError(f"cannot resume the upload to {self._where} at byte {keep_bytes}: "
                                 "no part ends there")
         return replace(record, parts=tuple(parts))
