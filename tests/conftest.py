@@ -269,3 +269,12 @@ def emulator(start_emulator: StartEmulator) -> EmulatorHandle:
     """An emulator with 3 exported 1 MiB images (plus Exporting/ExportError/Unexported)."""
     return start_emulator()
 
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Figures a test recorded with ``record_property("summary", ...)`` (the kill matrix), shown
+    at the end of the run, also when pytest-xdist ran the test in another process."""
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "summary" and report.when == "call":
+                terminalreporter.write_line(str(value))

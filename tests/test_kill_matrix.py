@@ -148,12 +148,12 @@ def test_kill_point(start_emulator: Any, tmp_path: Path, case: Case) -> None:
     assert not list(mirror.glob("*.imagesync-*")) and not lost
 
 
-def test_kill_matrix_tally(capsys: pytest.CaptureFixture[str]) -> None:
-    """Runs after the cases (same module, file order): the figures the issue asks for."""
+def test_kill_matrix_tally(record_property: Any) -> None:
+    """Runs after the cases (same module, file order, one worker): the figures the issue asks
+    for, shown at the end of the run by tests/conftest.py."""
     tried = TALLY["points"]
-    with capsys.disabled():
-        print(f"\nkill matrix: {len(tried)} kill points tried, {TALLY['bytes_lost']} bytes lost, "
-              f"{TALLY['wrongly_recorded']} files wrongly recorded as verified")
+    record_property("summary", f"kill matrix: {len(tried)} kill points tried, {TALLY['bytes_lost']} bytes "
+                    f"lost, {TALLY['wrongly_recorded']} files wrongly recorded as verified")
     if os.environ.get("PYTEST_XDIST_WORKER") is None and len(tried) == len(CASES):
         assert len(tried) >= 20
     assert TALLY["bytes_lost"] == 0 and TALLY["wrongly_recorded"] == 0

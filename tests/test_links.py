@@ -145,7 +145,7 @@ def test_link_at_a_template_folder_fails_those_images_only(
 def test_destination_writable_by_others_warns_or_refuses(emulator: Any, tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    os.chmod(mirror, 0o777)  # noqa: S103 - the unsafe mode under test
+    mirror.chmod(0o777)  # noqa: S103 - the unsafe mode under test
 
     warned = run_sync(emulator, tmp_path, mirror)
     assert warned.returncode == 0, warned.stderr
@@ -154,7 +154,7 @@ def test_destination_writable_by_others_warns_or_refuses(emulator: Any, tmp_path
     refused = run_sync(emulator, tmp_path, tmp_path / "other",
                        destination={"refuse_unsafe_permissions": True})
     assert refused.returncode == 0  # a new folder is created 0755: nothing to refuse
-    os.chmod(tmp_path / "other", 0o777)  # noqa: S103
+    (tmp_path / "other").chmod(0o777)  # noqa: S103
     refused = run_sync(emulator, tmp_path, tmp_path / "other",
                        destination={"refuse_unsafe_permissions": True})
     assert refused.returncode == 2
