@@ -8,7 +8,6 @@ and checks the victim byte for byte. What the tool does instead is asserted per 
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -145,7 +144,7 @@ def test_link_at_a_template_folder_fails_those_images_only(
 def test_destination_writable_by_others_warns_or_refuses(emulator: Any, tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    mirror.chmod(0o777)  # noqa: S103 - the unsafe mode under test
+    mirror.chmod(0o777)
 
     warned = run_sync(emulator, tmp_path, mirror)
     assert warned.returncode == 0, warned.stderr
@@ -154,7 +153,7 @@ def test_destination_writable_by_others_warns_or_refuses(emulator: Any, tmp_path
     refused = run_sync(emulator, tmp_path, tmp_path / "other",
                        destination={"refuse_unsafe_permissions": True})
     assert refused.returncode == 0  # a new folder is created 0755: nothing to refuse
-    (tmp_path / "other").chmod(0o777)  # noqa: S103
+    (tmp_path / "other").chmod(0o777)
     refused = run_sync(emulator, tmp_path, tmp_path / "other",
                        destination={"refuse_unsafe_permissions": True})
     assert refused.returncode == 2
