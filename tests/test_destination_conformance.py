@@ -21,7 +21,7 @@ from conftest import StartEmulator
 
 from imagesync.checksum import crc64
 from imagesync.config import Config, CredentialsConfig, DestinationConfig, TransferConfig
-from imagesync.destination import Destination, PartialState
+from imagesync.destination import Destination, PartialCopy, PartialState
 from imagesync.errors import LockedError
 from imagesync.sync import open_destination
 
@@ -102,9 +102,9 @@ def image(seed: int) -> tuple[bytes, PartialState]:
     return data, state
 
 
-def write(partial: object, data: bytes) -> None:
+def write(partial: PartialCopy, data: bytes) -> None:
     for start in range(0, len(data), CHUNK):
-        partial.write(data[start:start + CHUNK])  # type: ignore[attr-defined]
+        partial.write(data[start:start + CHUNK])
 
 
 def mirror(destination: Destination, data: bytes, state: PartialState) -> None:

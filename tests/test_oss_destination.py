@@ -44,7 +44,8 @@ def oss_config(emu: EmulatorHandle, tmp_path: Path, bucket: str = "far", name: s
     settings = {"oss_endpoint": emu.url, "region": emu.bucket_region(bucket) if bucket in emu.buckets()
                 else "cn-hangzhou", "state_dir": str(tmp_path / "state"), **destination}
     tables = {"destination.credentials": credentials} if credentials else {}
-    return write_config(emu, tmp_path / name, f"oss://{bucket}/{PREFIX}", destination=settings, **tables)
+    url: Any = f"oss://{bucket}/{PREFIX}"  # write_config takes it as a directory or an oss:// URL
+    return write_config(emu, tmp_path / name, url, destination=settings, **tables)
 
 
 def sha(data: bytes) -> str:
@@ -228,7 +229,7 @@ def test_a_changed_source_replaces_the_object_only_once_verified(emu: EmulatorHa
 @pytest.mark.parametrize("case", ["wrong credentials", "missing bucket", "read-only key", "deny writes",
                                   "wrong region"])
 def test_destination_problems_stop_before_any_transfer(emu: EmulatorHandle, tmp_path: Path, case: str) -> None:
-    bucket, extra = "far", {}
+    bucket, extra = "far", dict[str, Any]()
     if case == "wrong credentials":
         extra = {"credentials": {"access_key_id": "nobody", "access_key_secret": "wrong"}}
     elif case == "missing bucket":
@@ -254,12 +255,12 @@ def test_destination_problems_stop_before_any_transfer(emu: EmulatorHandle, tmp_
 
 
 def test_config_problems(emu: EmulatorHandle, tmp_path: Path) -> None:
-    for extra, expected in (({"oss_endpoint": None}, "destination.oss_endpoint is missing"),
-                            ({"region": None}, "destination.region is missing")):
-        config = oss_config(emu, tmp_path, "far", **extra)
+    for key in ("oss_endpoint", "region"):
+        left_out: dict[str, Any] = {key: None}
+        config = oss_config(emu, tmp_path, "far", **left_out)
         result = imagesync("sync", "-c", config, "--dry-run")
         assert result.returncode == 2, result.stderr
-        assert expected in one_sentence(result)
+        assert f"destination.{key} is missing" in one_sentence(result)
 
 
 def test_verify_an_oss_mirror(emu: EmulatorHandle, tmp_path: Path) -> None:
