@@ -197,8 +197,10 @@ async def plan_images(
             if (options.server_side_copy and item.source is not None
                     and isinstance(destination, ServerSideCopier)):
                 reason = destination.server_side_copy_reason(item.source.location)
-                item = dataclasses.replace(item, server_side=reason,
-                                           partial_bytes=0 if reason else item.partial_bytes)
+                # OSS has no rename: a server-side copy is published before it can be read back,
+                # so a replacement streams, to be verified before it takes the old copy's place.
+                if reason and item.action is not Action.REPLACE:
+                    item = dataclasses.replace(item, server_side=reason, partial_bytes=0)
             items[image.image_id] = item
 
     async with trio.open_nursery() as nursery:

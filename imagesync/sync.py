@@ -485,6 +485,9 @@ def _outcome_line(outcome: Outcome) -> str:
         return f"failed {outcome.image_id}: {outcome.reason}"
     if not outcome.bytes_transferred and outcome.action in (Action.ADOPT, Action.REPLACE):
         return f"kept {outcome.image_id} -> {outcome.path}: {outcome.reason}"
+    if outcome.reason.startswith("server-side copy"):
+        return (f"done {outcome.image_id} -> {outcome.path}: {format_bytes(outcome.size)} by "
+                f"{outcome.reason} in {outcome.seconds:.1f} s, verified ({outcome.verified})")
     rate = outcome.bytes_transferred / outcome.seconds / 2**20 if outcome.seconds else 0.0
     checked = ("size only: OSS publishes no checksum for it" if outcome.verified == SIZE_ONLY
                else f"verified ({outcome.verified})")
