@@ -10,6 +10,7 @@ URL), restart from zero (object changed, checksum mismatch once), or give up on 
 from __future__ import annotations
 
 import logging
+import mmap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .source import ObjectInfo, ObjectSource, TransientError, UrlExpiredError
 log = logging.getLogger("imagesync")
 
 BATCH_BYTES = 8 << 20
+ALIGN = 4096  # the block size direct I/O writes in
 MAX_CHECKSUM_FAILURES = 2
 MAX_RESIGNS = 3
 T = TypeVar("T")
@@ -82,7 +84,7 @@ class ImageCopy:
         self._on_bytes = on_bytes
         self._digest = Digest()
         self._transferred = 0
-        self._buffer: bytearray | None = None  # reused: a fresh 8 MiB per batch costs page faults
+        self._buffer: mmap.mmap | None = None  # reused: a fresh 8 MiB per batch costs page faults
         self._changed = False  # the object changed under us: HEAD it again and start over
 
     async def run(self, *, resume: bool) -> Copied:
@@ -155,7 +157,7 @@ class ImageCopy:
                           kept_bytes)
             return
         if self._buffer is None:
-            self._buffer = bytearray(BATCH_BYTES)
+            self._buffer = mmap.mmap(-1, BATCH_BYTES)  # page-aligned, as direct I/O wants
         state = PartialState(source_url=self._source.location.public_url, etag=self._info.etag,
                              size=self._info.size, crc64ecma=str(self._info.crc64ecma or ""))
         keep = 0
@@ -219,12 +221,17 @@ class ImageCopy:
                 async for chunk in body:
                     if self._bandwidth is not None:
                         await self._bandwidth.consume(len(chunk))
-                    if not batch.add(chunk):
-                        await self._flush(batch)
-                        batch.add(chunk)
+                    rest = memoryview(chunk)
+                    while rest:
+                        rest = batch.fill(rest)
+                        if batch.full:
+                            await self._flush(batch, batch.filled)
         finally:
             with trio.CancelScope(shield=True):
-                await self._flush(batch)
+                # Only the end of the object may leave the file at an unaligned length (direct
+                # I/O writes whole blocks): after a drop, the last partial block is fetched again.
+                complete = self._digest.size + batch.filled == self._info.size
+                await self._flush(batch, batch.filled if complete else batch.filled - batch.filled % ALIGN)
         killpoints.reached("body-complete")
         if self._digest.size != self._info.size:
             raise TransientError(
@@ -232,22 +239,23 @@ class ImageCopy:
                 f"of {self._info.size} bytes"
             )
 
-    async def _flush(self, batch: _Batch) -> None:
-        data = batch.view()
-        if not data:
+    async def _flush(self, batch: _Batch, count: int) -> None:
+        """Hash and write the first ``count`` bytes of the batch; the rest (if any) is dropped."""
+        if not batch.filled:
             return
-        if self._digest.size + len(data) > self._info.size:
+        if self._digest.size + count > self._info.size:
             raise SourceChangedError(f"{self._source.location.public_url} sent more bytes than its size")
-        await self._thread(self._write_and_hash, batch)
-        self._count(len(data))
+        await self._thread(self._write_and_hash, batch, count)
+        self._count(count)
         killpoints.reached("batch-written")
 
-    def _write_and_hash(self, batch: _Batch) -> None:
+    def _write_and_hash(self, batch: _Batch, count: int) -> None:
         # Clearing here, in the same uninterruptible thread call as the write, means a signal
         # arriving after it can never make the `finally` in _stream write the batch twice.
-        data = batch.view()
-        self._digest.update(data)
-        self._partial.write(data)
+        data = batch.view()[:count]
+        if count:
+            self._digest.update(data)
+            self._partial.write(data)
         batch.clear()
 
     def _verify(self) -> str:
@@ -271,25 +279,26 @@ class ImageCopy:
 
 
 class _Batch:
-    """Fills a preallocated buffer with received chunks, so batching copies each byte once."""
+    """Fills a preallocated, page-aligned buffer with received chunks: each byte is copied once,
+    and every batch but the last is a whole number of blocks, as direct I/O needs."""
 
-    def __init__(self, buffer: bytearray) -> None:
+    def __init__(self, buffer: mmap.mmap) -> None:
         self._view = memoryview(buffer)
-        self._filled = 0
+        self.filled = 0
 
-    def add(self, chunk: bytes) -> bool:
-        """Append ``chunk``; False when it does not fit (flush, then add again)."""
-        end = self._filled + len(chunk)
-        if end > len(self._view):
-            if self._filled == 0:
-                raise ValueError("chunk larger than the batch buffer")
-            return False
-        self._view[self._filled:end] = chunk
-        self._filled = end
-        return True
+    def fill(self, chunk: memoryview) -> memoryview:
+        """Take as much of ``chunk`` as fits; returns the rest (flush when `full`, then fill again)."""
+        take = min(len(chunk), len(self._view) - self.filled)
+        self._view[self.filled:self.filled + take] = chunk[:take]
+        self.filled += take
+        return chunk[take:]
+
+    @property
+    def full(self) -> bool:
+        return self.filled == len(self._view)
 
     def view(self) -> memoryview:
-        return self._view[: self._filled]
+        return self._view[: self.filled]
 
     def clear(self) -> None:
-        self._filled = 0
+        self.filled = 0

@@ -40,6 +40,7 @@ MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 JOURNAL_NAME = "manifest.journal"
 WRITE_BEHIND_WINDOW = 32 << 20  # bytes written but still cached, at most, behind the end
+DIRECT_ALIGN = 4096  # direct I/O writes whole blocks from aligned memory at aligned offsets
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -212,6 +213,7 @@ class LocalPartial:
         self._folder: Folder | None = None
         self._fd: int | None = None
         self._behind: WriteBehind | None = None
+        self._direct: int | None = None  # the same file opened O_DIRECT, where the filesystem allows
         self._position = 0  # where `write` appends
 
     def read_state(self) -> tuple[PartialState | None, int]:
@@ -221,7 +223,8 @@ class LocalPartial:
                 found = folder.lstat(self._part)
             if raw is None or found is None or not stat.S_ISREG(found.st_mode):
                 return None, 0
-            return PartialState(**json.loads(raw)), found.st_size
+            # Resume on a block boundary, where direct I/O can go on (a few bytes come again).
+            return PartialState(**json.loads(raw)), found.st_size - found.st_size % DIRECT_ALIGN
         except (OSError, ValueError, TypeError):
             return None, 0
 
@@ -244,9 +247,9 @@ class LocalPartial:
             else:  # O_EXCL after removing what is there: never a planted link
                 self._fd = fd = folder.create_new(self._part)
             os.ftruncate(fd, keep_bytes)
-            os.lseek(fd, keep_bytes, os.SEEK_SET)
             self._position = keep_bytes
             self._behind = WriteBehind(fd)
+            self._direct = _open_direct(folder, self._part)
             # The cut must be durable before the state names a new object: else a crash could
             # leave the old object's bytes under the new object's state.
             os.fsync(fd)
@@ -257,16 +260,32 @@ class LocalPartial:
         killpoints.reached("state-written")
 
     def write(self, data: Buffer) -> None:
-        """Append; what lies a window behind the end is already on disk and out of the cache."""
+        """Append: whole blocks from an aligned buffer go straight to disk (``O_DIRECT``: no
+        page cache to evict or flush later); anything else is a buffered write whose writeback
+        starts at once, out of the cache a window behind the end."""
         assert self._fd is not None and self._behind is not None, "begin() first"
-        length = memoryview(data).nbytes
+        view = memoryview(data).cast("B")
         try:
-            write_all(self._fd, data)
-            self._behind.wrote(self._position, length)
-            self._position += length
+            if self._direct is not None and not (self._position % DIRECT_ALIGN or len(view) % DIRECT_ALIGN):
+                try:
+                    _pwrite_all(self._direct, view, self._position)
+                    self._position += len(view)
+                    return
+                except OSError as error:
+                    if error.errno != errno.EINVAL:  # an unaligned buffer, or a filesystem that says no
+                        raise
+                    self._close_direct()
+            _pwrite_all(self._fd, view, self._position)
+            self._behind.wrote(self._position, len(view))
+            self._position += len(view)
             self._behind.release(self._position - WRITE_BEHIND_WINDOW)
         except OSError as error:
             raise destination_error(f"cannot write {self.final.with_name(self._part)}", error) from None
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
 
     def write_at(self, offset: int, data: Buffer) -> None:
         assert self._fd is not None and self._behind is not None, "begin() first"
@@ -325,6 +344,7 @@ class LocalPartial:
             raise destination_error(f"cannot remove {self.final.with_name(self._part)}", error) from None
 
     def close(self) -> None:
+        self._close_direct()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -410,6 +430,23 @@ def _leftover_temporaries(folder: Folder) -> list[str]:
     except OSError:
         return []
     return [n for n in names if n.startswith((f".{MANIFEST_NAME}.tmp-", f".{SUMS_NAME}.tmp-"))]
+
+
+def _open_direct(folder: Folder, name: str) -> int | None:
+    """A second, ``O_DIRECT`` descriptor of the partial file; None where direct I/O is not had."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return folder.open(name, os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _write_holder(fd: int, root: Path) -> None:
