@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import shutil
-import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from .. import killpoints
+from .. import killpoints, runlock
 from ..checksum import Buffer, Digest, digest_fd
 from ..destination import Mirrored, PartialState
 from ..durable import Folder, destination_error, write_all
-from ..errors import ConfigError, LockedError
+from ..errors import ConfigError
 from ..layout import PARTIAL_SUFFIX, STATE_SUFFIX, resolve_inside
 from ..writeback import WriteBehind
 
@@ -89,18 +86,8 @@ class LocalDestination:
                 log.warning("the destination %s is read-only: verifying without the run lock", self.root)
                 yield
                 return
-        try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                raise LockedError(f"another imagesync run{holder} holds the lock on {self.root}; "
-                                  "try later") from None
-            if not shared:
-                _write_holder(fd, self.root)
+        with runlock.hold(fd, shared=shared, name=str(self.root), path=self.root / LOCK_NAME):
             yield
-        finally:
-            os.close(fd)
 
     def free_bytes(self) -> int:
         """Free space where the destination is, or would be created."""
@@ -447,21 +434,3 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
-
-
-def _write_holder(fd: int, root: Path) -> None:
-    started = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
-    try:
-        os.ftruncate(fd, 0)
-        write_all(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
-    except OSError as error:
-        raise destination_error(f"cannot write the lock file {root / LOCK_NAME}", error) from None
-
-
-def _read_holder(fd: int) -> str:
-    """`` (pid N on HOST since TIME)`` from the lock file, or nothing when it says nothing useful."""
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-    return f" ({text})" if text.startswith("pid ") and "\n" not in text else ""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,10 +26,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .. import runlock
 from ..destination import PartialState
 from ..durable import Folder, destination_error, write_all
-from ..errors import LockedError
-from .local import _read_holder, _write_holder
 
 log = logging.getLogger("imagesync")
 
@@ -107,18 +105,8 @@ class StateFolder:
             log.warning("the state folder %s is read-only: verifying without the run lock", self.path)
             yield
             return
-        try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                raise LockedError(f"another imagesync run{holder} holds the lock on {self._name}; "
-                                  "try later") from None
-            if not shared:
-                _write_holder(fd, self.path)
+        with runlock.hold(fd, shared=shared, name=self._name, path=self.path / LOCK_NAME):
             yield
-        finally:
-            os.close(fd)
 
     # --- upload records ---
 
