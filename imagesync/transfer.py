@@ -115,11 +115,12 @@ class ImageCopy:
                 return Copied(info=self._info, sha256=self._digest.sha256, crc64ecma=self._digest.crc64,
                               verified=verified, bytes_transferred=self._transferred,
                               seconds=time.monotonic() - started)
-            except ChecksumMismatchError:
+            except ChecksumMismatchError as error:
                 checksum_failures += 1
                 if checksum_failures >= MAX_CHECKSUM_FAILURES:
                     await self._thread(self._partial.discard)
                     raise
+                log.debug("%s; fetching it again from the start", error)
                 await self._begin(resume=False)
             except UrlExpiredError:
                 resigns += 1

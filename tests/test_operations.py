@@ -82,12 +82,20 @@ def test_sync_checksum_rehashes_before_skipping(emulator: Any, tmp_path: Path) -
 
 def test_wait_mirrors_an_image_as_soon_as_it_is_exported(emulator: Any, tmp_path: Path) -> None:
     late = emulator.add_scheduled_image(name="late-export", exported_after_listings=2, size=1 << 20)
+    later = emulator.add_scheduled_image(name="later-export", exported_after_listings=8, size=1 << 20)
     failing = emulator.add_scheduled_image(name="doomed-export", error_after_listings=1, size=1 << 20)
     mirror = tmp_path / "mirror"
-    config = write_config(emulator, tmp_path / "sync.toml", mirror, wait={"interval_s": 0.2, "timeout_s": 30})
+    chosen = [image["ImageId"] for image in (late, later, failing)]
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, wait={"interval_s": 0.2, "timeout_s": 30},
+                          filter={"image_ids": chosen})
     result = imagesync("sync", "-c", config, "--wait", "--json")
     outcomes = {i["image_id"]: i for i in summary(result)["images"]}
     assert outcomes[late["ImageId"]]["result"] == "mirrored"
+    assert outcomes[later["ImageId"]]["result"] == "mirrored"
+    # The first was mirrored while the second was still being waited for.
+    lines = result.stderr.splitlines()
+    done_late = next(n for n, line in enumerate(lines) if f"done {late['ImageId']}" in line)
+    assert any("waiting for 1 image" in line and later["ImageId"] in line for line in lines[done_late:])
     assert outcomes[failing["ImageId"]]["result"] == "failed"
     assert "ExportError" in outcomes[failing["ImageId"]]["reason"]
     assert result.returncode == 1
@@ -228,3 +236,15 @@ def test_many_images_are_planned_from_bucket_listings_not_heads(start_emulator: 
     assert sums_ok(mirror)
     entry = next(e for e in json.loads((mirror / "manifest.json").read_text())["images"] if e["image_id"] == changed)
     assert (mirror / entry["path"]).read_bytes() == emulator.object_path(changed).read_bytes()
+
+
+def test_verbose_shows_retries_resumes_and_refetches(start_emulator: Any, tmp_path: Path) -> None:
+    emulator = start_emulator(images=1, image_size="12MiB")
+    emulator.faults(drop_after_bytes=9 << 20, corrupt_offset=1000)
+    config = write_config(emulator, tmp_path / "sync.toml", tmp_path / "mirror")
+    result = imagesync("sync", "-c", config, "-v")
+    assert result.returncode == 0, result.stderr
+    log = result.stderr
+    assert "retry 1 of" in log and "resuming at byte" in log
+    assert "fetching it again from the start" in log and "CRC-64" in log
+    assert "Signature" not in log and "emulator-secret" not in log
