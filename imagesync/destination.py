@@ -19,6 +19,18 @@ from .checksum import Buffer, Digest
 if TYPE_CHECKING:  # only types: keeps this module free of the HTTP stack
     from .source import ObjectInfo, ObjectLocation
 
+# The names a destination keeps for itself at its top (or on a file's name): layout.py never
+# gives them to an image.
+LOCK_NAME = ".imagesync.lock"
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+JOURNAL_NAME = "manifest.journal"
+REPLACED_FOLDER = "replaced"
+PARTIAL_SUFFIX = ".imagesync-part"
+STATE_SUFFIX = ".imagesync-state"
+RESERVED_NAMES = frozenset({LOCK_NAME, MANIFEST_NAME, SUMS_NAME, JOURNAL_NAME, REPLACED_FOLDER})
+RESERVED_SUFFIXES = (PARTIAL_SUFFIX, STATE_SUFFIX)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartialState:

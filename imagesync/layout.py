@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from .destination import RESERVED_NAMES, RESERVED_SUFFIXES
 from .errors import ConfigError, DestinationError
 
 if TYPE_CHECKING:  # only attributes are read; keeps this module free of the HTTP stack
@@ -24,16 +25,13 @@ if TYPE_CHECKING:  # only attributes are read; keeps this module free of the HTT
 
 DEFAULT_TEMPLATE = "{image_id}.qcow2"
 FIELDS = ("image_id", "image_name", "platform", "architecture")
-PARTIAL_SUFFIX = ".imagesync-part"
-STATE_SUFFIX = ".imagesync-state"
-RESERVED_NAMES = frozenset({"manifest.json", "SHA256SUMS", ".imagesync.lock", "manifest.journal", "replaced"})
 MAX_COMPONENT_BYTES = 200
 
 _MAX_EXTENSION_BYTES = 32  # a longer "extension" is just part of the name
 _MAX_TAG_ID_BYTES = 64
 # C0, DEL, C1, line/paragraph separators, and lone surrogates (which cannot be encoded).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-_SUFFIXES = (PARTIAL_SUFFIX, STATE_SUFFIX)
+_SUFFIXES = RESERVED_SUFFIXES
 _RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_NAMES)
 _FORMATTER = string.Formatter()
 # A string format spec: [[fill]align][0][width][.precision][s], widths of at most 3 digits.

@@ -28,7 +28,14 @@ from . import killpoints
 from .bandwidth import BandwidthLimit
 from .config import Config
 from .credentials import Credentials
-from .destination import Destination, KeepsReplaced, ManifestStore, PartialCopy, ServerSideCopier
+from .destination import (
+    REPLACED_FOLDER,
+    Destination,
+    KeepsReplaced,
+    ManifestStore,
+    PartialCopy,
+    ServerSideCopier,
+)
 from .ens import ExportedImage, open_ens_client
 from .errors import (
     EXIT_IMAGE_FAILED,
@@ -450,7 +457,7 @@ class _Committer:
                      and old.path == entry.path and old.verify_problem is None
                      and self._destination.stat(PurePosixPath(old.path)) is not None)
         if replacing:
-            aside = PurePosixPath("replaced", f"{old.path}.{old.mirrored_at}")
+            aside = PurePosixPath(REPLACED_FOLDER, f"{old.path}.{old.mirrored_at}")
             cast(KeepsReplaced, self._destination).keep_aside(PurePosixPath(old.path), aside)
             copies = (ReplacedCopy(path=str(aside), mirrored_at=old.mirrored_at, source_etag=old.source_etag,
                                    sha256=old.sha256), *copies)

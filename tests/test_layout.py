@@ -10,12 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagesync.destination import PARTIAL_SUFFIX, RESERVED_NAMES, STATE_SUFFIX
 from imagesync.ens import ExportedImage
 from imagesync.errors import ConfigError, DestinationError
 from imagesync.layout import (
-    PARTIAL_SUFFIX,
-    RESERVED_NAMES,
-    STATE_SUFFIX,
     assign_paths,
     render_path,
     resolve_inside,

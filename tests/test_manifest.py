@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imagesync.destination import JOURNAL_NAME, MANIFEST_NAME, SUMS_NAME
 from imagesync.errors import DestinationError, DiskFullError
 from imagesync.manifest import (
     Manifest,
@@ -29,7 +30,7 @@ from imagesync.manifest import (
     render_manifest,
     render_sha256sums,
 )
-from imagesync.sinks.local import JOURNAL_NAME, MANIFEST_NAME, SUMS_NAME, LocalDestination
+from imagesync.sinks.local import LocalDestination
 
 SIGNED = "https://b.oss-cn-beijing.aliyuncs.com/m-1.qcow2?x-oss-signature=SECRET&x-oss-date=1#frag"
 KEYS = ["image_id", "image_name", "architecture", "platform", "creation_time", "source_url",

@@ -24,18 +24,23 @@ from pathlib import Path, PurePosixPath
 
 from .. import killpoints, runlock
 from ..checksum import Buffer, Digest, digest_fd
-from ..destination import Mirrored, PartialState
+from ..destination import (
+    JOURNAL_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    STATE_SUFFIX,
+    SUMS_NAME,
+    Mirrored,
+    PartialState,
+)
 from ..durable import Folder, destination_error, write_all
 from ..errors import ConfigError
-from ..layout import PARTIAL_SUFFIX, STATE_SUFFIX, resolve_inside
+from ..layout import resolve_inside
 from ..writeback import WriteBehind
 
 log = logging.getLogger("imagesync")
 
-LOCK_NAME = ".imagesync.lock"
-MANIFEST_NAME = "manifest.json"
-SUMS_NAME = "SHA256SUMS"
-JOURNAL_NAME = "manifest.journal"
 WRITE_BEHIND_WINDOW = 32 << 20  # bytes written but still cached, at most, behind the end
 DIRECT_ALIGN = 4096  # direct I/O writes whole blocks from aligned memory at aligned offsets
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)

@@ -26,13 +26,13 @@ import oss2
 from ..checksum import Digest
 from ..config import Config
 from ..credentials import Credentials, resolve_credentials
-from ..destination import Mirrored, ServerCopy
+from ..destination import JOURNAL_NAME, MANIFEST_NAME, SUMS_NAME, Mirrored, ServerCopy
 from ..durable import Folder
 from ..endpoints import region_from_oss_host
 from ..errors import ConfigError, ImagesyncError
 from ..retry import RetryPolicy
 from ..source import ObjectInfo, ObjectLocation
-from .local import JOURNAL_NAME, MANIFEST_NAME, SUMS_NAME, LocalManifestStore
+from .local import LocalManifestStore
 from .oss_client import KeyMissing, OssClient, UploadGone
 from .oss_copy import PARALLEL_PARTS, ServerSideCopy, copy_within_bucket
 from .oss_state import StateFolder, UploadRecord, state_folder

@@ -27,13 +27,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import runlock
-from ..destination import PartialState
+from ..destination import LOCK_NAME, PartialState
 from ..durable import Folder, destination_error, write_all
 
 log = logging.getLogger("imagesync")
 
-LOCK_NAME = ".imagesync.lock"  # as in a local destination (and its messages)
-JOURNAL_NAME = "manifest.journal"
 UPLOADS = "uploads"
 UPLOAD_SUFFIX = ".upload"
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
