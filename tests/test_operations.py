@@ -116,19 +116,8 @@ def test_wait_gives_up_after_its_timeout(emulator: Any, tmp_path: Path) -> None:
     assert "still exporting" in outcome["reason"] and "wait.timeout_s" in outcome["reason"]
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
-
-
-def test_a_plan_that_cannot_fit_transfers_nothing(start_emulator: Any, tmp_path: Path, small_disk: Path) -> None:
+def test_a_plan_that_cannot_fit_transfers_nothing(start_emulator: Any, tmp_path: Path, small_tmpfs: Any) -> None:
+    small_disk = small_tmpfs("6m")
     emulator = start_emulator(images=3, image_size="1MiB")
     config = write_config(emulator, tmp_path / "sync.toml", small_disk / "mirror")
     refused = imagesync("sync", "-c", config)

@@ -244,20 +244,8 @@ def test_sigterm_exits_143_and_keeps_partials(start_emulator: Any, tmp_path: Pat
     assert partial_bytes(mirror) > 0
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
-    """A 3 MiB tmpfs: a real ENOSPC. Needs root (CI runs as root); skipped, and said so, elsewhere."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
-
-
-def test_disk_full_stops_the_run_and_keeps_partials(start_emulator: Any, tmp_path: Path, small_disk: Path) -> None:
+def test_disk_full_stops_the_run_and_keeps_partials(start_emulator: Any, tmp_path: Path, small_tmpfs: Any) -> None:
+    small_disk = small_tmpfs("3m")  # a real ENOSPC
     emulator = start_emulator(images=3, image_size="2MiB")
     mirror = small_disk / "mirror"
     config = write_config(emulator, tmp_path / "sync.toml", mirror)
