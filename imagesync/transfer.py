@@ -84,8 +84,7 @@ class ImageCopy:
         self._on_bytes = on_bytes
         self._digest = Digest()
         self._transferred = 0
-        self._buffers: tuple[mmap.mmap, mmap.mmap] | None = None  # reused: fresh ones cost page faults
-        self._filling: _Batch  # the batch being filled while a stream runs
+        self._buffer: mmap.mmap | None = None  # reused: a fresh 8 MiB per batch costs page faults
         self._changed = False  # the object changed under us: HEAD it again and start over
 
     async def run(self, *, resume: bool) -> Copied:
@@ -158,8 +157,8 @@ class ImageCopy:
                 log.debug("%s: resuming with %d bytes kept in pieces", self._source.location.public_url,
                           kept_bytes)
             return
-        if self._buffers is None:  # page-aligned, as direct I/O wants: one fills while one is written
-            self._buffers = (mmap.mmap(-1, BATCH_BYTES), mmap.mmap(-1, BATCH_BYTES))
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, BATCH_BYTES)  # page-aligned, as direct I/O wants
         state = PartialState(source_url=self._source.location.public_url, etag=self._info.etag,
                              size=self._info.size, crc64ecma=str(self._info.crc64ecma or ""))
         keep = 0
@@ -214,22 +213,21 @@ class ImageCopy:
             return
         if self._digest.size == self._info.size:
             return
-        assert self._buffers is not None
-        free_send, free_receive = trio.open_memory_channel[_Batch](2)
-        for buffer in self._buffers:
-            free_send.send_nowait(_Batch(buffer))
-        self._filling = free_receive.receive_nowait()
+        assert self._buffer is not None
+        batch = _Batch(self._buffer)
         try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    full_send, full_receive = trio.open_memory_channel[_Batch](0)
-                    nursery.start_soon(self._write_batches, full_receive, free_send)
-                    async with full_send:
-                        await self._receive(full_send, free_receive)
-            except BaseExceptionGroup as group:
-                raise _single(group) from None
+            async with self._source.open_range(self._digest.size, self._info) as body:
+                if body.start != self._digest.size:  # the server sent the whole object instead
+                    await self._begin(resume=False)
+                async for chunk in body:
+                    if self._bandwidth is not None:
+                        await self._bandwidth.consume(len(chunk))
+                    rest = memoryview(chunk)
+                    while rest:
+                        rest = batch.fill(rest)
+                        if batch.full:
+                            await self._flush(batch, batch.filled)
         finally:
-            batch = self._filling  # whatever arrived and is not written yet
             with trio.CancelScope(shield=True):
                 # Only the end of the object may leave the file at an unaligned length (direct
                 # I/O writes whole blocks): after a drop, the last partial block is fetched again.
@@ -241,32 +239,6 @@ class ImageCopy:
                 f"{self._source.location.public_url} ended after {self._digest.size} "
                 f"of {self._info.size} bytes"
             )
-
-    async def _receive(self, full: trio.MemorySendChannel[_Batch],
-                       free: trio.MemoryReceiveChannel[_Batch]) -> None:
-        """Fill batches from the body; each full one goes to the writer while the next fills
-        (hashing and writing one batch overlaps receiving the next). ``self._filling`` is always
-        the batch being filled, for the caller to write what is left when the body ends."""
-        async with self._source.open_range(self._digest.size, self._info) as body:
-            if body.start != self._digest.size:  # the server sent the whole object instead
-                await self._begin(resume=False)
-            async for chunk in body:
-                if self._bandwidth is not None:
-                    await self._bandwidth.consume(len(chunk))
-                rest = memoryview(chunk)
-                while rest:
-                    rest = self._filling.fill(rest)
-                    if self._filling.full:
-                        await full.send(self._filling)
-                        self._filling = await free.receive()
-
-    async def _write_batches(self, full: trio.MemoryReceiveChannel[_Batch],
-                             free: trio.MemorySendChannel[_Batch]) -> None:
-        """One batch at a time, in order: the running hashes see the bytes as they come."""
-        async with full:
-            async for batch in full:
-                await self._flush(batch, batch.filled)
-                free.send_nowait(batch)
 
     async def _flush(self, batch: _Batch, count: int) -> None:
         """Hash and write the first ``count`` bytes of the batch; the rest (if any) is dropped."""
@@ -331,15 +303,3 @@ class _Batch:
 
     def clear(self) -> None:
         self.filled = 0
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error of the receiving and writing tasks that ended a stream (the other is then
-    only a cancellation): what the copy acts on, as if there were one task."""
-    _, rest = group.split(trio.Cancelled)
-    if rest is None:
-        return group
-    leaves: list[BaseException] = [rest]
-    while isinstance(leaves[0], BaseExceptionGroup):
-        leaves = list(leaves[0].exceptions)
-    return leaves[0] if len(leaves) == 1 else rest
