@@ -292,8 +292,8 @@ def test_uploads_and_regions_survive_a_restart(start_emulator: StartEmulator) ->
 
 
 def test_printed_config_for_an_oss_destination(start_emulator: StartEmulator) -> None:
-    emu = start_emulator(images=1, extra_args=["--destination", "oss://backup/ens", "--config-out", "cfg.toml"])
+    emu = start_emulator(images=1, extra_args=["--destination", "oss://backup/ens"])
     assert emu.buckets()["backup"] == "cn-hangzhou"
     config = tomllib.loads(emu.config_text("oss://backup/ens"))
-    assert config["destination"] == {"url": "oss://backup/ens", "oss_endpoint": emu.url}
+    assert config["destination"] == {"url": "oss://backup/ens", "oss_endpoint": emu.url, "region": "cn-hangzhou"}
     assert emu.dest_bucket("backup").list_objects_v2().object_list == []

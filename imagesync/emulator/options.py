@@ -243,14 +243,17 @@ def client_config(
     region: str,
     public_read: bool,
     destination: str,
+    destination_region: str = "",
 ) -> dict[str, dict[str, Any]]:
     """The imagesync config (as TOML-ready sections) that points at an emulator.
 
-    An ``oss://`` destination gets ``oss_endpoint`` = the emulator (same credentials).
+    An ``oss://`` destination gets ``oss_endpoint`` = the emulator (same credentials) and its
+    bucket's region (the emulator's IP address names none).
     """
     target: dict[str, Any] = {"url": destination}
     if destination.startswith("oss://"):
         target["oss_endpoint"] = url
+        target["region"] = destination_region or region
     return {
         "ens": {"endpoint": url},
         "credentials": {"access_key_id": access_key_id, "access_key_secret": access_key_secret},

@@ -97,8 +97,17 @@ def _config_text(options: Options, url: str) -> str:
             region=options.region,
             public_read=options.public_read,
             destination=options.destination,
+            destination_region=_destination_region(options),
         )
     )
+
+
+def _destination_region(options: Options) -> str:
+    """The region of the bucket an ``oss://`` destination names, as the emulator records it."""
+    if not options.destination.startswith("oss://"):
+        return ""
+    bucket = options.destination.removeprefix("oss://").split("/", 1)[0]
+    return Buckets(options.root, options.region).region(bucket)
 
 
 def _serve(server: EmulatorHTTPServer, banner: str) -> None:
