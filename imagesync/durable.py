@@ -103,7 +103,7 @@ class Folder:
 
     def open_regular(self, name: str, flags: int) -> int:
         """Open an existing regular file (a link, folder or device raises `OSError` ELOOP/EISDIR/...)."""
-        fd = self.open(name, flags)
+        fd = self.open(name, flags | os.O_NONBLOCK)  # a FIFO planted there must not block the open
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, "not a regular file", str(self.path / name))

@@ -108,7 +108,10 @@ class SegmentedDownload:
         return kept
 
     def _take_over(self, recorded: PartialState, on_disk: int) -> None:
-        for index, done, crc in recorded.pieces:
+        for entry in recorded.pieces:
+            if len(entry) != 3 or not all(type(value) is int for value in entry):
+                continue  # a state file edited by hand: that piece starts over
+            index, done, crc = entry
             if 0 <= index < len(self._pieces):
                 piece = self._pieces[index]
                 if 0 <= done <= piece.end - piece.start and piece.start + done <= on_disk:
@@ -172,8 +175,10 @@ class SegmentedDownload:
                     if self._bandwidth is not None:
                         await self._bandwidth.consume(len(chunk))
                     if filled + len(chunk) > len(view):
-                        await self._write(piece, view[:filled])
-                        filled = 0
+                        # Emptied before the await: a cancellation during the write (or the
+                        # checkpoint after it) must not let the `finally` write it again.
+                        data, filled = view[:filled], 0
+                        await self._write(piece, data)
                     if len(chunk) > len(view):
                         await self._write(piece, memoryview(chunk))
                         continue

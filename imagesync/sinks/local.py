@@ -241,7 +241,7 @@ class LocalPartial:
             os.ftruncate(fd, keep_bytes)
             self._position = keep_bytes
             self._behind = WriteBehind(fd)
-            self._direct = _open_direct(folder, self._part)
+            self._direct = _open_direct(folder, self._part, fd)
             # The cut must be durable before the state names a new object: else a crash could
             # leave the old object's bytes under the new object's state.
             os.fsync(fd)
@@ -424,15 +424,21 @@ def _leftover_temporaries(folder: Folder) -> list[str]:
     return [n for n in names if n.startswith((f".{MANIFEST_NAME}.tmp-", f".{SUMS_NAME}.tmp-"))]
 
 
-def _open_direct(folder: Folder, name: str) -> int | None:
-    """A second, ``O_DIRECT`` descriptor of the partial file; None where direct I/O is not had."""
+def _open_direct(folder: Folder, name: str, fd: int) -> int | None:
+    """A second, ``O_DIRECT`` descriptor of the file ``fd`` has open (never another file swapped
+    in under its name); None where direct I/O is not had."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
     try:
-        return folder.open(name, os.O_WRONLY | flag)
+        direct = folder.open(name, os.O_WRONLY | flag)
     except OSError:
         return None
+    same, opened = os.fstat(direct), os.fstat(fd)
+    if (same.st_dev, same.st_ino) != (opened.st_dev, opened.st_ino):
+        os.close(direct)
+        return None
+    return direct
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
