@@ -62,10 +62,6 @@ class _Piece:
         return self.progress[0] == self.end - self.start
 
 
-def piece_count(size: int, piece_size: int) -> int:
-    return max(1, -(-size // piece_size))
-
-
 class SegmentedDownload:
     """The pieces of one object, fetched by ``connections`` tasks into one partial copy."""
 

@@ -104,10 +104,8 @@ def _config_text(options: Options, url: str) -> str:
 
 def _destination_region(options: Options) -> str:
     """The region of the bucket an ``oss://`` destination names, as the emulator records it."""
-    if not options.destination.startswith("oss://"):
-        return ""
-    bucket = options.destination.removeprefix("oss://").split("/", 1)[0]
-    return Buckets(options.root, options.region).region(bucket)
+    bucket = options.destination_bucket
+    return Buckets(options.root, options.region).region(bucket) if bucket else ""
 
 
 def _serve(server: EmulatorHTTPServer, banner: str) -> None:
