@@ -167,19 +167,15 @@ class SegmentedDownload:
             async with self._source.open_range(offset, self._info, end=piece.end) as body:
                 if body.start != offset:
                     raise RangesIgnored(f"{self._source.location.public_url} ignores ranged requests")
-                async for chunk in body:
+                while count := await body.read_into(view[filled:]):
                     if self._bandwidth is not None:
-                        await self._bandwidth.consume(len(chunk))
-                    if filled + len(chunk) > len(view):
+                        await self._bandwidth.consume(count)
+                    filled += count
+                    if filled == len(view):
                         # Emptied before the await: a cancellation during the write (or the
                         # checkpoint after it) must not let the `finally` write it again.
-                        data, filled = view[:filled], 0
-                        await self._write(piece, data)
-                    if len(chunk) > len(view):
-                        await self._write(piece, memoryview(chunk))
-                        continue
-                    view[filled:filled + len(chunk)] = chunk
-                    filled += len(chunk)
+                        filled = 0
+                        await self._write(piece, view)
         finally:
             with trio.CancelScope(shield=True):
                 await self._write(piece, view[:filled])

@@ -4,8 +4,9 @@ An ExportedImageURL is a plain object locator. It is refused before any connecti
 ``https`` on an OSS bucket host (``<bucket>.<OSS endpoint>``, see `endpoints`) or its host is
 listed in ``source.allow_hosts``; ``source.endpoint_override`` is held to the same rule, since
 signed requests go there. Everything read from a server (status, headers, error bodies) is
-checked with strict rules before use; httpx errors are translated here, once, into the
-`TransferError` family the transfer loop acts on.
+checked with strict rules before use; httpx and `wire` errors are translated here, once, into the
+`TransferError` family the transfer loop acts on. Image bytes come over `wire`, received
+straight into the caller's buffer (`Body.read_into`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -38,6 +39,7 @@ from .errors import (
     UrlExpiredError,
 )
 from .units import parse_decimal
+from .wire import Connections, WireError, WireTimeout
 
 __all__ = [  # TransientError and UrlExpiredError live in errors.py; re-exported for old imports
     "Body", "ObjectInfo", "ObjectLocation", "ObjectSource", "TransientError", "UrlExpiredError", "locate",
@@ -184,7 +186,8 @@ def _is_ip_or_localhost(host: str) -> bool:
 
 
 class ObjectSource:
-    """One source object: signs its URLs (re-signing near expiry) and reads it over httpx."""
+    """One source object: signs its URLs (re-signing near expiry), HEADs it over httpx and reads
+    its bytes over ``wire`` (httpx when that is None)."""
 
     def __init__(
         self,
@@ -192,8 +195,10 @@ class ObjectSource:
         location: ObjectLocation,
         credentials: Credentials | None,
         expires_s: int,
+        wire: Connections | None = None,
     ) -> None:
         self._http = http
+        self._wire = wire
         self.location = location
         self._expires_s = expires_s
         self._credentials = credentials
@@ -252,85 +257,134 @@ class ObjectSource:
         elif start:
             headers["Range"] = f"bytes={start}-"
         url = self.location.public_url
-        request = self._http.build_request("GET", self._url("GET"), headers=headers)
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.TransportError as error:
-            raise TransientError(f"GET {url} failed: {_describe(error)}") from None
-        body: Body | None = None
-        try:
-            if response.status_code not in (200, 206):
-                content = await _bounded_read(response)
-                raise _status_error("GET", url, response.status_code, response.headers, content)
-            body_start = _body_start(response.status_code, response.headers, start, end, expected, url)
+        async with AsyncExitStack() as stack:
+            try:
+                answer = await stack.enter_async_context(self._get(headers))
+            except (WireError, httpx.TransportError) as error:
+                raise TransientError(f"GET {url} failed: {_describe(error)}") from None
+            if answer.status not in (200, 206):
+                content = await _bounded_read(answer)
+                raise _status_error("GET", url, answer.status, answer.headers, content)
+            body_start = _body_start(answer.status, answer.headers, start, end, expected, url)
             limit = end if body_start == start else expected.size
-            body = Body(response, start=body_start, size=limit, url=url)
-            yield body
-        finally:
-            if body is not None:
-                await body.aclose()
-            await response.aclose()
+            yield Body(answer, start=body_start, size=limit, url=url)
+
+    def _get(self, headers: dict[str, str]) -> AbstractAsyncContextManager[Answer]:
+        """A GET of the object: over `wire` (the body received straight into the caller's
+        buffer), or over httpx when no `wire.Connections` was given (a proxy is configured)."""
+        if self._wire is not None:
+            return self._wire.get(self._url("GET"), headers)
+        return _httpx_get(self._http, self._url("GET"), headers)
 
 
-class Body:
-    """The bytes of one GET, in order: an async iterator of ``bytes``.
+class Answer(Protocol):
+    """The status and head of a GET, and its body (`wire.Response` and `_HttpxAnswer`)."""
 
-    ``start`` is the object offset of the first byte: the offset asked for, or 0 when the
-    server sent the whole object instead. More bytes than the object holds are refused
-    (`SourceChangedError`) before they are yielded; a drop or a stall is a `TransientError`.
-    """
+    @property
+    def status(self) -> int: ...
 
-    def __init__(self, response: httpx.Response, *, start: int, size: int, url: str) -> None:
-        self.start = start
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def read_timeout_s(self) -> float | None: ...
+
+    async def read_into(self, view: memoryview) -> int: ...
+
+
+@asynccontextmanager
+async def _httpx_get(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> AsyncIterator[Answer]:
+    response = await http.send(http.build_request("GET", url, headers=headers), stream=True)
+    answer = _HttpxAnswer(response)
+    try:
+        yield answer
+    finally:
+        await answer.aclose()
+        await response.aclose()
+
+
+class _HttpxAnswer:
+    """An httpx response seen as an `Answer`: its chunks copied into the caller's buffer."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        timeout = response.request.extensions.get("timeout", {})
+        self.read_timeout_s: float | None = timeout.get("read") if isinstance(timeout, dict) else None
         # httpx's aiter_raw is an async generator: closed explicitly when the GET ends.
         self._chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())
-        self._offset = start
-        self._size = size
-        self._url = url
-        timeout = response.request.extensions.get("timeout", {})
-        self._read_timeout_s = timeout.get("read") if isinstance(timeout, dict) else None
+        self._rest = memoryview(b"")
 
-    def __aiter__(self) -> Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._chunks.__anext__()
-        except httpx.ReadTimeout:
-            waited = f"{self._read_timeout_s:g} s" if self._read_timeout_s else "the read timeout"
-            raise TransientError(
-                f"reading {self._url} stalled at byte {self._offset} of {self._size}: nothing arrived "
-                f"for {waited} (transfer.read_timeout_s); the transfer resumes from there"
-            ) from None
-        except httpx.TransportError as error:
-            raise TransientError(
-                f"reading {self._url} failed at byte {self._offset} of {self._size}: {_describe(error)}"
-            ) from None
-        if len(chunk) > self._size - self._offset:
-            raise SourceChangedError(
-                f"{self._url} sent more than its {self._size} bytes (byte {self._offset + len(chunk)} "
-                "arrived); the object changed or the server is broken"
-            )
-        self._offset += len(chunk)
-        return chunk
+    async def read_into(self, view: memoryview) -> int:
+        while not self._rest:
+            try:
+                self._rest = memoryview(await self._chunks.__anext__())
+            except StopAsyncIteration:
+                return 0
+        count = min(len(view), len(self._rest))
+        view[:count] = self._rest[:count]
+        self._rest = self._rest[count:]
+        return count
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
 
 
-async def _bounded_read(response: httpx.Response) -> bytes:
+class Body:
+    """The bytes of one GET, in order, received into the caller's buffer by `read_into`.
+
+    ``start`` is the object offset of the first byte: the offset asked for, or 0 when the
+    server sent the whole object instead. More bytes than the object holds are refused
+    (`SourceChangedError`) and never handed over; a drop or a stall is a `TransientError`.
+    """
+
+    def __init__(self, answer: Answer, *, start: int, size: int, url: str) -> None:
+        self.start = start
+        self._answer = answer
+        self._offset = start
+        self._size = size
+        self._url = url
+        self._probe = memoryview(bytearray(1))
+
+    async def read_into(self, view: memoryview) -> int:
+        """Receive up to ``len(view)`` bytes into ``view``; 0 once the body has ended."""
+        left = self._size - self._offset
+        try:
+            if left == 0:  # the end, unless the server goes on
+                if await self._answer.read_into(self._probe):
+                    raise SourceChangedError(
+                        f"{self._url} sent more than its {self._size} bytes; the object changed or the "
+                        "server is broken")
+                return 0
+            count = await self._answer.read_into(view[:left])
+        except (httpx.TimeoutException, WireTimeout):
+            timeout_s = self._answer.read_timeout_s
+            waited = f"{timeout_s:g} s" if timeout_s else "the read timeout"
+            raise TransientError(
+                f"reading {self._url} stalled at byte {self._offset} of {self._size}: nothing arrived "
+                f"for {waited} (transfer.read_timeout_s); the transfer resumes from there"
+            ) from None
+        except (httpx.TransportError, WireError) as error:
+            raise TransientError(
+                f"reading {self._url} failed at byte {self._offset} of {self._size}: {_describe(error)}"
+            ) from None
+        self._offset += count
+        return count
+
+
+async def _bounded_read(answer: Answer) -> bytes:
     """At most `MAX_ERROR_BODY_BYTES` of an error answer: enough for OSS's XML, never a whole image."""
-    if response.is_stream_consumed:  # already read (a scripted answer in a test)
-        return response.content[:MAX_ERROR_BODY_BYTES]
-    data = bytearray()
+    data = bytearray(MAX_ERROR_BODY_BYTES)
+    view, filled = memoryview(data), 0
     try:
-        async for chunk in response.aiter_raw():
-            data += chunk
-            if len(data) >= MAX_ERROR_BODY_BYTES:
+        while filled < len(data):
+            count = await answer.read_into(view[filled:])
+            if not count:
                 break
-    except httpx.TransportError:
+            filled += count
+    except (httpx.TransportError, WireError):
         pass  # the status alone still says what happened
-    return bytes(data[:MAX_ERROR_BODY_BYTES])
+    return bytes(data[:filled])
 
 
 def _body_start(status: int, headers: Mapping[str, str], start: int, end: int, expected: ObjectInfo,
@@ -475,7 +529,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "..."
 
 
-def _describe(error: httpx.TransportError) -> str:
+def _describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 

@@ -53,6 +53,7 @@ from .sinks.local import LocalDestination
 from .source import ObjectSource, locate
 from .transfer import Copied, ImageCopy, Segmenting
 from .waiting import EXPORT_ERROR, EXPORTING, GaveUp, still_exporting, wait_for_exports
+from .wire import Connections, proxied
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,13 +119,14 @@ async def run_sync(config: Config, credentials: Credentials, options: RunOptions
             await trio.to_thread.run_sync(destination.prepare)
         with nullcontext() if options.dry_run else destination.lock():
             killpoints.reached("locked")
-            async with open_ens_client(config.ens, credentials) as ens, _open_source_client(config) as http:
+            async with (open_ens_client(config.ens, credentials) as ens,
+                        _open_source_client(config) as (http, wire)):
                 status = make_status(options.progress, options.quiet)  # at a terminal: not a blank screen
                 images = await ens.list_images(on_page=status.listing)
                 killpoints.reached("listed")
                 store = await trio.to_thread.run_sync(destination.manifest_store)
                 manifest = await trio.to_thread.run_sync(Manifest.load, store)
-                planner = _Planner(config, credentials, destination, manifest, http, options)
+                planner = _Planner(config, credentials, destination, manifest, http, wire, options)
                 selection = select(images, config.filter)
                 waiting = still_exporting(selection.not_exported) if options.wait else []
                 status.show(f"planning {plural(len(selection.selected), 'image')}…")
@@ -156,22 +158,34 @@ def open_destination(config: Config, credentials: Credentials | None) -> Destina
 
 
 @asynccontextmanager
-async def _open_source_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
+async def _open_source_client(
+    config: Config,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Connections | None]]:
+    """httpx for HEADs, and `wire` for the image GETs unless a proxy is configured (httpx then)."""
     transfer = config.transfer
     timeout = httpx.Timeout(transfer.read_timeout_s, connect=transfer.connect_timeout_s)
     limits = httpx.Limits(max_connections=transfer.concurrency * (transfer.segments + 1) + 2)
+    wire = None if proxied() else Connections(connect_timeout_s=transfer.connect_timeout_s,
+                                              read_timeout_s=transfer.read_timeout_s)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
-        yield http
+        try:
+            yield http, wire
+        finally:
+            if wire is not None:
+                with trio.CancelScope(shield=True):
+                    await wire.aclose()
 
 
 class _Planner:
     """Plans the first listing, and later images that finish exporting during a --wait."""
 
     def __init__(self, config: Config, credentials: Credentials, destination: Destination,
-                 manifest: Manifest, http: httpx.AsyncClient, options: RunOptions) -> None:
+                 manifest: Manifest, http: httpx.AsyncClient, wire: Connections | None,
+                 options: RunOptions) -> None:
         self._config = config
         self._signer = credentials if config.source.sign else None
         self._http = http
+        self._wire = wire
         self._destination = destination
         self._manifest = manifest
         self._options = PlanOptions(
@@ -182,7 +196,8 @@ class _Planner:
 
     def _source(self, image: ExportedImage) -> ObjectSource:
         location = locate(image.url, self._config.source)
-        return ObjectSource(self._http, location, self._signer, self._config.source.presign_expires_s)
+        return ObjectSource(self._http, location, self._signer, self._config.source.presign_expires_s,
+                            wire=self._wire)
 
     async def plan(self, images: list[ExportedImage], selection: Selection,
                    later: list[ExportedImage]) -> Plan:

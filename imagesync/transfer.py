@@ -1,8 +1,8 @@
 """Copy one image: stream, hash, write, verify, commit; resume and retry on the way.
 
-Bytes flow from the source's ranged GET into a batch buffer; each full batch is hashed
-(CRC-64 and sha256) and written in a worker thread, so the event loop keeps serving the other
-transfers. The file is renamed to its final name only after its size and CRC-64 match what OSS
+Bytes are received from the source's ranged GET straight into a batch buffer; each full batch
+is hashed (CRC-64 and sha256) and written in a worker thread, so the event loop keeps serving
+the other transfers. The file is renamed to its final name only after its size and CRC-64 match what OSS
 publishes. Failures are classified by what happens next: resume (drops, 5xx), re-sign (expired
 URL), restart from zero (object changed, checksum mismatch once), or give up on this image.
 """
@@ -32,6 +32,7 @@ from .source import ObjectInfo, ObjectSource, TransientError, UrlExpiredError
 log = logging.getLogger("imagesync")
 
 BATCH_BYTES = 8 << 20
+READ_BYTES = 1 << 20  # per receive
 ALIGN = 4096  # the block size direct I/O writes in
 MAX_CHECKSUM_FAILURES = 2
 MAX_RESIGNS = 3
@@ -195,12 +196,10 @@ class ImageCopy:
         """Hash the first ``size`` bytes of the source again, writing nothing: for a destination
         that cannot read back what it kept (the bytes of an unfinished OSS upload)."""
         digest = Digest(md5=self._digest.md5_base64 is not None)
+        buffer = memoryview(bytearray(READ_BYTES))
         async with self._source.open_range(0, self._info) as body:
-            async for chunk in body:
-                take = memoryview(chunk)[: size - digest.size]
-                await self._thread(digest.update, take)
-                if digest.size == size:
-                    break
+            while digest.size < size and (count := await body.read_into(buffer[: size - digest.size])):
+                await self._thread(digest.update, buffer[:count])
         if digest.size != size:
             raise TransientError(f"{self._source.location.public_url} ended before byte {size}")
         return digest
@@ -219,14 +218,12 @@ class ImageCopy:
             async with self._source.open_range(self._digest.size, self._info) as body:
                 if body.start != self._digest.size:  # the server sent the whole object instead
                     await self._begin(resume=False)
-                async for chunk in body:
+                while count := await body.read_into(batch.free()):
                     if self._bandwidth is not None:
-                        await self._bandwidth.consume(len(chunk))
-                    rest = memoryview(chunk)
-                    while rest:
-                        rest = batch.fill(rest)
-                        if batch.full:
-                            await self._flush(batch, batch.filled)
+                        await self._bandwidth.consume(count)
+                    batch.filled += count
+                    if batch.full:
+                        await self._flush(batch, batch.filled)
         finally:
             with trio.CancelScope(shield=True):
                 # Only the end of the object may leave the file at an unaligned length (direct
@@ -280,19 +277,17 @@ class ImageCopy:
 
 
 class _Batch:
-    """Fills a preallocated, page-aligned buffer with received chunks: each byte is copied once,
-    and every batch but the last is a whole number of blocks, as direct I/O needs."""
+    """A preallocated, page-aligned buffer the body is received into: the bytes land where they
+    are hashed and written from, and every batch but the last is a whole number of blocks, as
+    direct I/O needs."""
 
     def __init__(self, buffer: mmap.mmap) -> None:
         self._view = memoryview(buffer)
         self.filled = 0
 
-    def fill(self, chunk: memoryview) -> memoryview:
-        """Take as much of ``chunk`` as fits; returns the rest (flush when `full`, then fill again)."""
-        take = min(len(chunk), len(self._view) - self.filled)
-        self._view[self.filled:self.filled + take] = chunk[:take]
-        self.filled += take
-        return chunk[take:]
+    def free(self) -> memoryview:
+        """Where the next bytes go: at most `READ_BYTES` (the bandwidth limit and progress stay smooth)."""
+        return self._view[self.filled: self.filled + READ_BYTES]
 
     @property
     def full(self) -> bool:

@@ -41,9 +41,11 @@ def test_an_image_comes_in_pieces_over_several_connections(big_image: Any, tmp_p
 
 
 def test_a_killed_segmented_transfer_resumes_every_piece_where_it_stopped(big_image: Any, tmp_path: Path) -> None:
-    config = config_for(big_image, tmp_path)
-    # Twenty 2 MiB batches in: checkpoints every 64 MiB would be too rare for 40 MiB, so kill
-    # at a point after a checkpoint has certainly been written by lowering it via the state.
+    # Each connection held to 16 MiB/s, so the four advance side by side and every checkpoint
+    # finds pieces part of the way. Checkpoints every 64 MiB would be too rare for 40 MiB: every
+    # 8 MiB here.
+    big_image.faults(bandwidth_bps=16 * MiB)
+    config = config_for(big_image, tmp_path, min_segment_size="5MiB")
     env = {**CLEAN_ENV, "IMAGESYNC_KILL_AT": "batch-written:14", "IMAGESYNC_CHECKPOINT_BYTES": str(8 * MiB)}
     killed = subprocess.run([sys.executable, "-m", "imagesync", "sync", "-c", str(config)], env=env,
                             capture_output=True, timeout=120)
@@ -51,14 +53,14 @@ def test_a_killed_segmented_transfer_resumes_every_piece_where_it_stopped(big_im
     [state_file] = (tmp_path / "mirror").glob("*.imagesync-state")
     state = json.loads(state_file.read_text())
     kept = sum(done for _, done, _ in state["pieces"])
-    partly = [done for _, done, _ in state["pieces"] if 0 < done < 4 * MiB]
-    assert kept >= 8 * MiB and state["piece_size"] == 4 * MiB
-    assert partly, "some piece was checkpointed part of the way"
+    partly = [done for _, done, _ in state["pieces"] if 0 < done < 5 * MiB]
+    assert kept >= 8 * MiB and state["piece_size"] == 5 * MiB
+    assert partly, f"some piece was checkpointed part of the way: {state['pieces']}"
     big_image.reset()
     result = imagesync("sync", "-c", config, "--json")
     assert result.returncode == 0, result.stderr
     assert summary(result)["bytes_transferred"] <= 40 * MiB - kept
-    assert big_image.stats()["body_bytes_sent"] <= 40 * MiB - kept + 4 * MiB  # read-back of nothing else
+    assert big_image.stats()["body_bytes_sent"] <= 40 * MiB - kept + 5 * MiB  # read-back of nothing else
     assert_identical(big_image, tmp_path / "mirror")
 
 
