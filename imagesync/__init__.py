@@ -9,7 +9,9 @@ One module per stage, in the order data flows through a run:
     plan.py         filters + manifest + destination -> download / resume / replace / skip
     layout.py       where each image goes under the destination, safe from hostile names
     source.py       OSS URL checks, V4 presigning, HEAD and verified ranged GETs
+    wire.py         HTTP/1.1 for image GETs: bodies received straight into the caller's buffer
     transfer.py     one image: stream, hash, write, verify, commit; resume and retry
+    segments.py     one image in pieces over several connections, CRC-64s combined
     checksum.py     CRC-64/XZ (fastcrc) and sha256 over a stream
     sinks/local.py  partial files, fsync, atomic rename, the run lock
     manifest.py     manifest.json + SHA256SUMS, journaled so updates stay O(1)
