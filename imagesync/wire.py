@@ -67,8 +67,9 @@ class _Connection:
     def idle_and_open(self) -> bool:
         """An idle keep-alive connection has nothing to read: if it has, the server closed it
         (or sent bytes no request asked for), and it is not used again."""
-        readable, _, _ = select.select([self.socket.fileno()], [], [], 0)
-        return not readable
+        poller = select.poll()  # not select(): descriptors may be past FD_SETSIZE
+        poller.register(self.socket.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
 
 @dataclass(slots=True)

@@ -13,8 +13,9 @@ from typing import Any
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_")}
 
 
-def imagesync(*args: str | Path, timeout: float = 120, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(CLEAN_ENV)
+def imagesync(*args: str | Path, timeout: float = 120, home: Path | None = None,
+              env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**CLEAN_ENV, **(env_extra or {})}
     if home is not None:
         env["HOME"] = str(home)
     return subprocess.run(
