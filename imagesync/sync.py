@@ -472,13 +472,24 @@ class _Committer:
                      and old.path == entry.path and old.verify_problem is None
                      and self._destination.stat(PurePosixPath(old.path)) is not None)
         if replacing:
-            aside = PurePosixPath(REPLACED_FOLDER, f"{old.path}.{old.mirrored_at}")
+            aside = _aside_path(old, taken={PurePosixPath(copy.path) for copy in copies})
             cast(KeepsReplaced, self._destination).keep_aside(PurePosixPath(old.path), aside)
             copies = (ReplacedCopy(path=str(aside), mirrored_at=old.mirrored_at, source_etag=old.source_etag,
                                    sha256=old.sha256), *copies)
         if not self._keep:  # not keeping: earlier copies stay as they are, none is added
             return dataclasses.replace(entry, replaced=copies), ()
         return dataclasses.replace(entry, replaced=copies[: self._keep]), copies[self._keep :]
+
+
+def _aside_path(old: ManifestEntry, taken: set[PurePosixPath]) -> PurePosixPath:
+    """``replaced/<path>.<mirrored_at>``, numbered when copies kept earlier have that name (two
+    replacements within one second): a kept copy is never written over by the next."""
+    aside = base = PurePosixPath(REPLACED_FOLDER, f"{old.path}.{old.mirrored_at}")
+    number = 1
+    while aside in taken:
+        number += 1
+        aside = base.with_name(f"{base.name}.{number}")
+    return aside
 
 
 def _outcome(item: PlannedImage, result: Result, *, reason: str, copied: Copied | None = None) -> Outcome:

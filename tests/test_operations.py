@@ -191,8 +191,7 @@ def test_keep_replaced_keeps_exactly_the_last_copies(emulator: Any, tmp_path: Pa
     image_id = sorted(e["ImageId"] for e in emulator.exported())[0]
     versions = [emulator.object_path(image_id).read_bytes()]
     assert imagesync("sync", "-c", config).returncode == 0
-    for _ in range(2):  # two re-exports
-        time.sleep(1.1)  # a new mirrored_at second, so each kept copy has its own name
+    for _ in range(2):  # two re-exports, maybe within one second: each kept copy has its own name
         emulator.rewrite_object(image_id)
         versions.append(emulator.object_path(image_id).read_bytes())
         result = imagesync("sync", "-c", config)
@@ -205,6 +204,32 @@ def test_keep_replaced_keeps_exactly_the_last_copies(emulator: Any, tmp_path: Pa
     assert [p.name for p in (mirror / "replaced").iterdir()] == [Path(kept["path"]).name]
     assert sums_ok(mirror)  # SHA256SUMS lists the current files only
     assert "replaced/" not in (mirror / "SHA256SUMS").read_text()
+
+
+def test_two_replacements_within_one_second_keep_two_copies(emulator: Any, tmp_path: Path) -> None:
+    """Kept copies are named by when the replaced copy was mirrored, to the second: a copy
+    mirrored in the same second as one kept earlier gets a numbered name, never the same one."""
+    mirror = tmp_path / "mirror"
+    config = write_config(emulator, tmp_path / "sync.toml", mirror, destination={"keep_replaced": 2})
+    image_id = sorted(e["ImageId"] for e in emulator.exported())[0]
+    versions = []
+    for generation in range(3):
+        if generation:
+            emulator.rewrite_object(image_id)
+        versions.append(emulator.object_path(image_id).read_bytes())
+        if generation == 2:  # as if the second copy was mirrored in the same second as the first
+            document = json.loads((mirror / "manifest.json").read_text())
+            entry = next(e for e in document["images"] if e["image_id"] == image_id)
+            entry["mirrored_at"] = entry["replaced"][0]["mirrored_at"]
+            (mirror / "manifest.json").write_text(json.dumps(document))
+        result = imagesync("sync", "-c", config)
+        assert result.returncode == 0, result.stderr
+    entry = next(e for e in json.loads((mirror / "manifest.json").read_text())["images"] if e["image_id"] == image_id)
+    newer, older = entry["replaced"]
+    assert newer["path"] == older["path"] + ".2"
+    assert (mirror / newer["path"]).read_bytes() == versions[1]
+    assert (mirror / older["path"]).read_bytes() == versions[0]
+    assert (mirror / entry["path"]).read_bytes() == versions[2]
 
 
 def test_many_images_are_planned_from_bucket_listings_not_heads(start_emulator: Any, tmp_path: Path) -> None:
