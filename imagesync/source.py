@@ -21,11 +21,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
-import oss2
 
 from .config import SourceConfig
 from .credentials import Credentials
@@ -40,6 +39,9 @@ from .errors import (
 )
 from .units import parse_decimal
 from .wire import Connections, WireError, WireTimeout
+
+if TYPE_CHECKING:  # imported where a URL is signed or a bucket listed: it takes a quarter second
+    import oss2
 
 __all__ = [  # TransientError and UrlExpiredError live in errors.py; re-exported for old imports
     "Body", "ObjectInfo", "ObjectLocation", "ObjectSource", "TransientError", "UrlExpiredError", "locate",
@@ -203,10 +205,7 @@ class ObjectSource:
         self.location = location
         self._expires_s = expires_s
         self._credentials = credentials
-        try:
-            self._bucket = _oss2_bucket(location, credentials) if credentials else None
-        except oss2.exceptions.ClientError as error:
-            raise UnsafeSourceError(f"cannot sign requests for {location.public_url}: {error}") from None
+        self._bucket = _oss2_bucket(location, credentials) if credentials else None
         self._signed: dict[str, tuple[str, float]] = {}
 
     def resign(self) -> None:
@@ -536,6 +535,8 @@ def _describe(error: Exception) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _oss2_bucket_for(endpoint: str, bucket: str, region: str, credentials: Credentials) -> oss2.Bucket:
+    import oss2
+
     provider = oss2.credentials.StaticCredentialsProvider(
         credentials.access_key_id, credentials.access_key_secret, credentials.security_token or ""
     )
@@ -544,7 +545,12 @@ def _oss2_bucket_for(endpoint: str, bucket: str, region: str, credentials: Crede
 
 def _oss2_bucket(location: ObjectLocation, credentials: Credentials) -> oss2.Bucket:
     """One oss2 Bucket per bucket and credentials (building one costs a requests Session)."""
-    return _oss2_bucket_for(location.endpoint, location.bucket, location.region, credentials)
+    import oss2
+
+    try:
+        return _oss2_bucket_for(location.endpoint, location.bucket, location.region, credentials)
+    except oss2.exceptions.ClientError as error:
+        raise UnsafeSourceError(f"cannot sign requests for {location.public_url}: {error}") from None
 
 
 LISTING_PAGES_MAX = 200  # 200,000 keys: beyond that, one HEAD per image is the cheaper way
@@ -555,6 +561,8 @@ def list_objects(location: ObjectLocation, credentials: Credentials | None,
     """ETag and size of every object under ``prefix`` in ``location``'s bucket (1,000 per
     request), or None when the bucket cannot be listed (no oss:ListObjects permission, an
     answer we cannot read): callers then HEAD each object. Blocking."""
+    import oss2
+
     if credentials is not None:
         bucket = _oss2_bucket(location, credentials)
     else:

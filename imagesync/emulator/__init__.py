@@ -41,7 +41,18 @@ control           the ``/_emulator`` control API
 CRC-64 combination for multipart objects is :mod:`imagesync.crc64`'s.
 """
 
+from __future__ import annotations
+
+import argparse
+
 from .options import add_arguments
-from .runner import run
 
 __all__ = ["add_arguments", "run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``imagesync emulator``: the server's modules load only when it runs, so that the other
+    commands start without them."""
+    from .runner import run as serve
+
+    return serve(args)
