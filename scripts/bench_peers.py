@@ -20,7 +20,8 @@ emulator serves only the ENS listing, whose ExportedImageURLs point at nginx (re
 
 Tools run round-robin (each round runs every tool once), each into a fresh, empty
 destination under WORKDIR/dest (deleting the previous files also drops them from the page
-cache; the corpus stays cached). Reported per tool, median over rounds: wall time, MiB/s,
+cache; the corpus stays cached), started once the disk has been idle for a second (the last
+run's writeback and the discards of its deleted files are not charged to the next). Reported per tool, median over rounds: wall time, MiB/s,
 CPU seconds per GiB (user+sys of the tool and its children, from wait4), peak RSS, nginx
 CPU per GiB, how much of the copied bytes are left in the page cache (fincore), and the
 ratio of imagesync's throughput to the tool's. `dd` rows (conv=fsync, oflag=direct) and
@@ -650,11 +651,39 @@ def launch(argv: Sequence[str], log: Path, timeout_s: float = RUN_TIMEOUT_S) -> 
     return usage
 
 
+def disk_activity() -> tuple[int, ...]:
+    """Requests completed and in flight on every disk (not partitions, loops or ram disks)."""
+    counts: list[int] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            fields = line.split()
+            name = fields[2]
+            if name.startswith(("loop", "ram", "zram")) or Path(f"/sys/block/{name}").exists() is False:
+                continue
+            counts += [int(fields[3]), int(fields[7]), int(fields[11]), *map(int, fields[14:16])]
+    return tuple(counts)
+
+
+def settle_disk(quiet_s: float = 1.0, limit_s: float = 20.0) -> None:
+    """Wait until the disks have been idle for ``quiet_s``: the last run's writeback and the
+    discards of its deleted files (ext4 ``discard``) must not be charged to the next tool."""
+    deadline = time.monotonic() + limit_s
+    last, quiet_since = disk_activity(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = disk_activity()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+
+
 def run_once(tool: Tool, ctx: Context, log: Path) -> Sample:
     shutil.rmtree(ctx.dest, ignore_errors=True)
     ctx.dest.mkdir(parents=True)
     argv = tool.command(ctx)
     os.sync()  # no dirty pages left over from the last run
+    settle_disk()
     nginx_before = ctx.nginx.cpu_s()
     usage = launch(argv, log)
     nginx_cpu = ctx.nginx.cpu_s() - nginx_before
