@@ -64,9 +64,9 @@ def _widen_http_reads() -> None:
 
     Under trio every read is a trip through the scheduler; for image-sized bodies (image GETs
     go through httpx when a proxy is configured) the wider reads halve the client's CPU per
-    GiB received (measured 1.2 -> 0.6 s/GiB on loopback). It
-    is httpcore's own class attribute, not public API: without it, only this gain is lost, and
-    tests/test_source.py fails to say so.
+    GiB received (measured 1.2 -> 0.6 s/GiB on loopback). It is httpcore's own class
+    attribute, not public API: without it, only this gain is lost, and tests/test_source.py
+    fails to say so.
     """
     from httpcore._async.http11 import AsyncHTTP11Connection
 
