@@ -75,8 +75,20 @@ async def fetch(connections: Connections, url: str, read_size: int = 300_000) ->
         return response.status, bytes(received)
 
 
+CA = trustme.CA()
+TRUSTING = ssl.create_default_context()
+CA.configure_trust(TRUSTING)
+
+
 def pool(**timeouts: float) -> Connections:
-    return Connections(connect_timeout_s=timeouts.get("connect", 5), read_timeout_s=timeouts.get("read", 5))
+    return Connections(connect_timeout_s=timeouts.get("connect", 5), read_timeout_s=timeouts.get("read", 5),
+                       ssl_context=TRUSTING)
+
+
+@pytest.fixture(params=["http", "https"])
+def tls(request: pytest.FixtureRequest) -> trustme.CA | None:
+    """Each test so marked runs over plain TCP and over TLS."""
+    return CA if request.param == "https" else None
 
 
 async def fetch_once(url: str, **timeouts: float) -> tuple[int, bytes]:
@@ -87,9 +99,9 @@ async def fetch_once(url: str, **timeouts: float) -> tuple[int, bytes]:
         await connections.aclose()
 
 
-async def test_a_body_framed_by_content_length_arrives_whole_and_the_connection_is_kept() -> None:
+async def test_a_body_framed_by_content_length_arrives_whole_and_the_connection_is_kept(tls: trustme.CA | None) -> None:
     script = Script([(ok(), False), (ok(b"second"), False)])
-    async with server(script) as url:
+    async with server(script, tls) as url:
         connections = pool()
         assert await fetch(connections, f"{url}/b/k?sig=1") == (200, BODY)
         assert await fetch(connections, f"{url}/b/k") == (200, b"second")
@@ -97,13 +109,13 @@ async def test_a_body_framed_by_content_length_arrives_whole_and_the_connection_
     assert script.connections == 1
     first = script.requests[0].decode()
     assert first.startswith("GET /b/k?sig=1 HTTP/1.1\r\n")
-    assert f"host: {url.removeprefix('http://')}" in first.lower() and "range: bytes=0-" in first.lower()
+    assert f"host: {url.split('://')[1]}" in first.lower() and "range: bytes=0-" in first.lower()
 
 
-async def test_a_chunked_body_goes_through_h11() -> None:
+async def test_a_chunked_body_goes_through_h11(tls: trustme.CA | None) -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     script = Script([(chunked, False), (ok(b"again"), False)])
-    async with server(script) as url:
+    async with server(script, tls) as url:
         connections = pool()
         assert await fetch(connections, url, read_size=3) == (200, b"hello world")
         assert await fetch(connections, url) == (200, b"again")
@@ -111,9 +123,9 @@ async def test_a_chunked_body_goes_through_h11() -> None:
     assert script.connections == 1
 
 
-async def test_a_body_up_to_the_close_is_read_to_the_close_and_the_connection_not_kept() -> None:
+async def test_a_body_up_to_the_close_is_read_to_the_close_and_the_connection_not_kept(tls: trustme.CA | None) -> None:
     script = Script([(b"HTTP/1.0 200 OK\r\n\r\n" + BODY, True), (ok(b"fresh"), False)])
-    async with server(script) as url:
+    async with server(script, tls) as url:
         connections = pool()
         assert await fetch(connections, url) == (200, BODY)
         assert await fetch(connections, url) == (200, b"fresh")
@@ -121,9 +133,9 @@ async def test_a_body_up_to_the_close_is_read_to_the_close_and_the_connection_no
     assert script.connections == 2
 
 
-async def test_a_body_cut_short_is_an_error_that_says_how_much_was_missing() -> None:
+async def test_a_body_cut_short_is_an_error_that_says_how_much_was_missing(tls: trustme.CA | None) -> None:
     script = Script([(ok()[: -1000], True)])
-    async with server(script) as url:
+    async with server(script, tls) as url:
         with pytest.raises(WireError, match="closed the connection with 1000 bytes of the body still to come"):
             await fetch_once(url)
 
@@ -140,9 +152,9 @@ async def test_bytes_past_the_content_length_never_reach_the_next_answer() -> No
     assert script.connections == 2
 
 
-async def test_a_kept_connection_the_server_closed_is_replaced() -> None:
+async def test_a_kept_connection_the_server_closed_is_replaced(tls: trustme.CA | None) -> None:
     script = Script([(ok(b"one"), True), (ok(b"two"), False)])
-    async with server(script) as url:
+    async with server(script, tls) as url:
         connections = pool()
         assert await fetch(connections, url) == (200, b"one")
         await trio.sleep(0.1)
@@ -151,10 +163,10 @@ async def test_a_kept_connection_the_server_closed_is_replaced() -> None:
     assert script.connections == 2
 
 
-async def test_a_stalled_server_times_out() -> None:
+async def test_a_stalled_server_times_out(tls: trustme.CA | None) -> None:
     half = ok()[: len(ok()) // 2]
     script = Script([(half, False), (b"STALL", False)])
-    async with server(script) as url:
+    async with server(script, tls) as url:
         with trio.fail_after(10):
             with pytest.raises(WireTimeout, match=r"nothing arrived for 0\.3 s"):
                 await fetch_once(url, read=0.3)
