@@ -64,7 +64,8 @@ class _TlsChannel(trio.abc.AsyncResource):
                 await self._flush()
                 await self._fill()
                 if self._closed:
-                    raise trio.BrokenResourceError("the server closed the connection during the TLS handshake")
+                    closed = "the server closed the connection during the TLS handshake"
+                    raise trio.BrokenResourceError(closed) from None
         await self._flush()
 
     async def send_all(self, data: bytes) -> None:
