@@ -529,8 +529,15 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "..."
 
 
-def _describe(error: Exception) -> str:
-    return str(error) or type(error).__name__
+def _describe(error: BaseException) -> str:
+    """The first message in the error's chain: httpx's ConnectError often has none of its own,
+    while the ssl error under it says why (CERTIFICATE_VERIFY_FAILED and the like)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if text := str(cause).strip():
+            return text
+        cause = cause.__cause__ or cause.__context__
+    return type(error).__name__
 
 
 @functools.lru_cache(maxsize=64)
