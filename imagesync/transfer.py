@@ -2,9 +2,10 @@
 
 Bytes are received from the source's ranged GET straight into a batch buffer; each full batch
 is hashed (CRC-64 and sha256) and written in a worker thread, so the event loop keeps serving
-the other transfers. The file is renamed to its final name only after its size and CRC-64 match what OSS
-publishes. Failures are classified by what happens next: resume (drops, 5xx), re-sign (expired
-URL), restart from zero (object changed, checksum mismatch once), or give up on this image.
+the other transfers. The file is renamed to its final name only after its size and CRC-64
+match what OSS publishes. Failures are classified by what happens next: resume (drops, 5xx),
+re-sign (expired URL), restart from zero (object changed, checksum mismatch once), or give up
+on this image.
 """
 
 from __future__ import annotations
