@@ -22,7 +22,7 @@ from conftest import StartEmulator
 from imagesync.checksum import crc64
 from imagesync.config import Config, CredentialsConfig, DestinationConfig, TransferConfig
 from imagesync.destination import Destination, PartialCopy, PartialState
-from imagesync.errors import LockedError
+from imagesync.errors import ImagesyncError, LockedError
 from imagesync.sync import open_destination
 
 MIB = 1 << 20
@@ -136,6 +136,18 @@ def test_partial_then_resume_then_commit(backend: Backend) -> None:
         assert partial.read_state() == (None, 0)
     assert backend.read_final() == data
     assert backend.leftovers() == []
+
+
+def test_commit_refuses_fewer_bytes_than_the_object(backend: Backend) -> None:
+    """The last guard against a lost write: what was hashed but never landed is never published."""
+    data, state = image(2)
+    with opened(backend) as destination:
+        partial = destination.partial(IMAGE)
+        partial.begin(state, keep_bytes=0)
+        write(partial, data[:5 * MIB])
+        with pytest.raises(ImagesyncError):
+            partial.commit()
+    assert backend.read_final() is None
 
 
 def test_crash_between_steps_leaves_a_resumable_partial(backend: Backend) -> None:

@@ -35,7 +35,7 @@ from ..destination import (
     PartialState,
 )
 from ..durable import Folder, destination_error, write_all
-from ..errors import ConfigError
+from ..errors import ConfigError, DestinationError
 from ..layout import resolve_inside
 from ..writeback import WriteBehind
 
@@ -207,6 +207,7 @@ class LocalPartial:
         self._behind: WriteBehind | None = None
         self._direct: int | None = None  # the same file opened O_DIRECT, where the filesystem allows
         self._position = 0  # where `write` appends
+        self._size = 0  # the object's, from the state: what the file must hold at commit
 
     def read_state(self) -> tuple[PartialState | None, int]:
         try:
@@ -240,6 +241,7 @@ class LocalPartial:
                 self._fd = fd = folder.create_new(self._part)
             os.ftruncate(fd, keep_bytes)
             self._position = keep_bytes
+            self._size = state.size
             self._behind = WriteBehind(fd)
             self._direct = _open_direct(folder, self._part, fd)
             # The cut must be durable before the state names a new object: else a crash could
@@ -314,6 +316,9 @@ class LocalPartial:
         folder = self._folder
         try:
             os.fsync(self._fd)
+            if (on_disk := os.fstat(self._fd).st_size) != self._size:  # bytes hashed but never written
+                raise DestinationError(f"cannot commit {self.final}: the file holds {on_disk} bytes, "
+                                       f"not the object's {self._size}; run again to resume it")
             os.close(self._fd)
             self._fd = None
             folder.rename(self._part, self._name)  # replaces a link at the final name, never its target
