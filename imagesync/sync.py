@@ -270,10 +270,10 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
     workers = _Workers(config, destination, progress)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_sigterm)
+            watcher = await nursery.start(_watch_sigterm)
             jobs_send, jobs_receive = trio.open_memory_channel[PlannedImage](0)
             results_send, results_receive = trio.open_memory_channel[_Finished](0)
-            async with jobs_receive, results_send:
+            with jobs_receive, results_send:
                 nursery.start_soon(_feed, plan, jobs_send.clone(), results_send.clone())
                 if waiter is not None:
                     nursery.start_soon(_feed_when_exported, waiter, jobs_send.clone(), results_send.clone())
@@ -282,7 +282,9 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
                     nursery.start_soon(workers.run, jobs_receive.clone(), results_send.clone())
             committer = _Committer(destination, writer, config.destination.keep_replaced)
             await _report(results_receive, committer, progress, outcomes)
-            nursery.cancel_scope.cancel()  # only the signal watcher is left
+            # Only the watcher is stopped: cancelling the nursery could turn a worker's last
+            # error (a full disk) into a Cancelled that the nursery then swallows.
+            watcher.cancel()
     except BaseException:
         # Every record is already in the fsynced journal; compacting now is a courtesy that
         # must not hide why the run stopped (often the same full disk).
@@ -295,15 +297,18 @@ async def _transfer_all(config: Config, options: RunOptions, destination: Destin
     return outcomes
 
 
-async def _watch_sigterm() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+async def _watch_sigterm(
+    *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.CancelScope() as scope, trio.open_signal_receiver(signal.SIGTERM) as signals:
+        task_status.started(scope)
         async for _ in signals:
             raise Interrupted("terminated by SIGTERM; partial files are kept for the next run", EXIT_SIGTERM)
 
 
 async def _feed(plan: Plan, jobs: trio.MemorySendChannel[PlannedImage],
                 results: trio.MemorySendChannel[_Finished]) -> None:
-    async with jobs, results:
+    with jobs, results:  # closed without a checkpoint, where a cancel could hide an error
         for item in plan.items:
             if item.action is not Action.FAIL:  # those are among the planned failures already
                 await _hand_over(item, jobs, results)
@@ -323,19 +328,20 @@ async def _feed_when_exported(waiter: Waiter, jobs: trio.MemorySendChannel[Plann
                               results: trio.MemorySendChannel[_Finished]) -> None:
     """--wait: images that finish exporting join the queue as they do."""
     ready_send, ready_receive = trio.open_memory_channel[PlannedImage | GaveUp](0)
-    async with jobs, results, trio.open_nursery() as nursery:
-        nursery.start_soon(partial(waiter, ready=ready_send))
-        async with ready_receive:
-            async for item in ready_receive:
-                if isinstance(item, GaveUp):
-                    await results.send(_Finished(outcome=_failed(item.image, item.reason)))
-                else:
-                    await _hand_over(item, jobs, results)
+    with jobs, results:  # closed without a checkpoint, where a cancel could hide an error
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(waiter, ready=ready_send))
+            with ready_receive:
+                async for item in ready_receive:
+                    if isinstance(item, GaveUp):
+                        await results.send(_Finished(outcome=_failed(item.image, item.reason)))
+                    else:
+                        await _hand_over(item, jobs, results)
 
 
 async def _report(results: trio.MemoryReceiveChannel[_Finished], committer: _Committer,
                   progress: Progress, outcomes: list[Outcome]) -> None:
-    async with results:
+    with results:
         async for finished in results:
             outcome = finished.outcome
             if finished.entry is not None:
@@ -367,7 +373,7 @@ class _Workers:
 
     async def run(self, jobs: trio.MemoryReceiveChannel[PlannedImage],
                   results: trio.MemorySendChannel[_Finished]) -> None:
-        async with jobs, results:
+        with jobs, results:  # closed without a checkpoint, where a cancel could hide an error
             async for item in jobs:
                 await results.send(await self._mirror(item))
 

@@ -51,7 +51,7 @@ async def wait_for_exports(
     """Poll every ``config.interval_s`` until no image is left waiting; send each as it resolves."""
     pending = {image.image_id: image for image in waiting}
     deadline = trio.current_time() + config.timeout_s
-    async with ready:
+    with ready:  # closed without a checkpoint, where a cancel could hide an error
         while pending:
             log.info("waiting for %d image%s to finish exporting: %s", len(pending),
                      "" if len(pending) == 1 else "s", ", ".join(sorted(pending)))

@@ -261,6 +261,22 @@ def test_disk_full_stops_the_run_and_keeps_partials(start_emulator: Any, tmp_pat
             assert (mirror / entry["path"]).read_bytes() == emulator.object_path(entry["image_id"]).read_bytes()
 
 
+def test_disk_full_in_the_middle_of_an_image_publishes_nothing(start_emulator: Any, tmp_path: Path,
+                                                              small_tmpfs: Any) -> None:
+    """ENOSPC on a later batch, while the next one is already being received and hashed: the
+    write's failure wins, and no byte that was hashed but not written is ever counted as copied."""
+    small_disk = small_tmpfs("20m")
+    emulator = start_emulator(images=1, image_size="40MiB")
+    mirror = small_disk / "mirror"
+    config = write_config(emulator, tmp_path / "sync.toml", mirror)
+    result = imagesync("sync", "-c", config, "-q", "--ignore-free-space")
+    assert result.returncode == 1
+    assert "free some space" in one_sentence(result)
+    assert not list(mirror.glob("*.qcow2")) and 8 << 20 <= partial_bytes(mirror) <= 20 << 20
+    manifest = mirror / "manifest.json"
+    assert not manifest.exists() or manifest_of(mirror)["images"] == []
+
+
 def test_image_gone_from_the_account_stays_marked(emulator: Any, tmp_path: Path, mirror: Path) -> None:
     from imagesync.emulator import catalog
 
