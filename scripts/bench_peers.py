@@ -184,6 +184,7 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     if SOURCE is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), env.get("PYTHONPATH", "")]))
+        env["PYTHONSAFEPATH"] = "1"  # else `-m` puts the working directory, maybe a checkout, first
     return env
 
 
