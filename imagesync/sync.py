@@ -365,8 +365,8 @@ class _Workers:
         self._destination = destination
         self._progress = progress
         self._retry = _retry_policy(config)
-        # one writer thread per connection, plus one for hashing and commits
-        self._limiter = trio.CapacityLimiter(config.transfer.concurrency * config.transfer.segments + 1)
+        # per connection a hashing and a writing thread, plus one for commits
+        self._limiter = trio.CapacityLimiter(2 * config.transfer.concurrency * config.transfer.segments + 1)
         self._bandwidth = BandwidthLimit(config.transfer.max_bandwidth_bytes_per_s)
         self._segmenting = Segmenting(connections=config.transfer.segments,
                                       piece_size=config.transfer.min_segment_bytes)

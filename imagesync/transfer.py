@@ -1,11 +1,12 @@
 """Copy one image: stream, hash, write, verify, commit; resume and retry on the way.
 
-Bytes are received from the source's ranged GET straight into a batch buffer; each full batch
-is hashed (CRC-64 and sha256) and written in a worker thread, so the event loop keeps serving
-the other transfers. The file is renamed to its final name only after its size and CRC-64
-match what OSS publishes. Failures are classified by what happens next: resume (drops, 5xx),
-re-sign (expired URL), restart from zero (object changed, checksum mismatch once), or give up
-on this image.
+Bytes are received from the source's ranged GET straight into a batch buffer. Each full batch
+is written in one worker thread and hashed (CRC-64 and sha256) in another, while the next batch
+is received into a second buffer: one image keeps the network, a core and the disk busy at once,
+and the event loop keeps serving the other transfers. The file is renamed to its final name
+only after its size and CRC-64 match what OSS publishes. Failures are classified by what
+happens next: resume (drops, 5xx), re-sign (expired URL), restart from zero (object changed,
+checksum mismatch once), or give up on this image.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import outcome
 import trio
 
 from . import killpoints
@@ -86,7 +88,7 @@ class ImageCopy:
         self._on_bytes = on_bytes
         self._digest = Digest()
         self._transferred = 0
-        self._buffer: mmap.mmap | None = None  # reused: a fresh 8 MiB per batch costs page faults
+        self._buffers: tuple[mmap.mmap, mmap.mmap] | None = None  # reused: fresh ones cost page faults
         self._changed = False  # the object changed under us: HEAD it again and start over
 
     async def run(self, *, resume: bool) -> Copied:
@@ -159,8 +161,8 @@ class ImageCopy:
                 log.debug("%s: resuming with %d bytes kept in pieces", self._source.location.public_url,
                           kept_bytes)
             return
-        if self._buffer is None:
-            self._buffer = mmap.mmap(-1, BATCH_BYTES)  # page-aligned, as direct I/O wants
+        if self._buffers is None:  # page-aligned, as direct I/O wants
+            self._buffers = (mmap.mmap(-1, BATCH_BYTES), mmap.mmap(-1, BATCH_BYTES))
         state = PartialState(source_url=self._source.location.public_url, etag=self._info.etag,
                              size=self._info.size, crc64ecma=str(self._info.crc64ecma or ""))
         keep = 0
@@ -213,8 +215,9 @@ class ImageCopy:
             return
         if self._digest.size == self._info.size:
             return
-        assert self._buffer is not None
-        batch = _Batch(self._buffer)
+        assert self._buffers is not None
+        batch, spare = _Batch(self._buffers[0]), _Batch(self._buffers[1])
+        writing: _Flush | None = None  # the previous batch, hashed and written while this one fills
         try:
             async with self._source.open_range(self._digest.size, self._info) as body:
                 if body.start != self._digest.size:  # the server sent the whole object instead
@@ -224,13 +227,18 @@ class ImageCopy:
                         await self._bandwidth.consume(count)
                     batch.filled += count
                     if batch.full:
-                        await self._flush(batch, batch.filled)
+                        previous, writing = writing, None  # settled once, even if it failed
+                        await self._settle(previous)
+                        writing = await self._start_flush(batch, batch.filled)
+                        batch, spare = spare, batch
         finally:
             with trio.CancelScope(shield=True):
+                await self._settle(writing)
                 # Only the end of the object may leave the file at an unaligned length (direct
                 # I/O writes whole blocks): after a drop, the last partial block is fetched again.
                 complete = self._digest.size + batch.filled == self._info.size
-                await self._flush(batch, batch.filled if complete else batch.filled - batch.filled % ALIGN)
+                count = batch.filled if complete else batch.filled - batch.filled % ALIGN
+                await self._settle(await self._start_flush(batch, count))
         killpoints.reached("body-complete")
         if self._digest.size != self._info.size:
             raise TransientError(
@@ -238,24 +246,26 @@ class ImageCopy:
                 f"of {self._info.size} bytes"
             )
 
-    async def _flush(self, batch: _Batch, count: int) -> None:
-        """Hash and write the first ``count`` bytes of the batch; the rest (if any) is dropped."""
-        if not batch.filled:
-            return
+    async def _start_flush(self, batch: _Batch, count: int) -> _Flush | None:
+        """Start hashing and writing the first ``count`` bytes of the batch (the rest, if any, is
+        dropped); the caller settles it before the next flush, so batches land in order."""
+        if not count:
+            return None
         if self._digest.size + count > self._info.size:
             raise SourceChangedError(f"{self._source.location.public_url} sent more bytes than its size")
-        await self._thread(self._write_and_hash, batch, count)
-        self._count(count)
-        killpoints.reached("batch-written")
-
-    def _write_and_hash(self, batch: _Batch, count: int) -> None:
-        # Clearing here, in the same uninterruptible thread call as the write, means a signal
-        # arriving after it can never make the `finally` in _stream write the batch twice.
         data = batch.view()[:count]
-        if count:
-            self._digest.update(data)
-            self._partial.write(data)
-        batch.clear()
+        flush = _Flush(batch, count, (partial(self._partial.write, data), partial(self._digest.update, data)),
+                       self._limiter)
+        await flush.start()
+        return flush
+
+    async def _settle(self, flush: _Flush | None) -> None:
+        """Wait for a flush (a write cannot be interrupted) and count its bytes."""
+        if flush is None:
+            return
+        await flush.wait()
+        self._count(flush.count)
+        killpoints.reached("batch-written")
 
     def _verify(self) -> str:
         """Check the bytes against what OSS publishes; returns how they were verified."""
@@ -299,3 +309,44 @@ class _Batch:
 
     def clear(self) -> None:
         self.filled = 0
+
+
+class _Flush:
+    """One batch being written and hashed, each in its own worker thread, while the event loop
+    receives the next batch into the other buffer: the write and the hash overlap, and both
+    overlap the network. ``wait`` returns once both calls have, and the batch is free again."""
+
+    def __init__(self, batch: _Batch, count: int, calls: tuple[Callable[[], None], ...],
+                 limiter: trio.CapacityLimiter) -> None:
+        self.count = count
+        self._batch = batch
+        self._calls = calls
+        self._limiter = limiter
+        self._results: list[outcome.Outcome[None] | None] = [None] * len(calls)
+        self._pending = len(calls)
+        self._done = trio.Event()
+
+    async def start(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope(shield=True):  # once one call runs, every one must, and be waited for
+            for index, call in enumerate(self._calls):
+                await self._limiter.acquire_on_behalf_of(call)
+                trio.lowlevel.start_thread_soon(call, partial(self._deliver, token, index))
+
+    def _deliver(self, token: trio.lowlevel.TrioToken, index: int, result: outcome.Outcome[None]) -> None:
+        token.run_sync_soon(self._finish, index, result)  # from the worker thread to the event loop
+
+    def _finish(self, index: int, result: outcome.Outcome[None]) -> None:
+        self._limiter.release_on_behalf_of(self._calls[index])
+        self._results[index] = result
+        self._pending -= 1
+        if not self._pending:
+            self._done.set()
+
+    async def wait(self) -> None:
+        with trio.CancelScope(shield=True):  # a thread cannot be stopped; its bytes must be counted
+            await self._done.wait()
+        self._batch.clear()
+        for result in self._results:
+            assert result is not None
+            result.unwrap()  # the write's error first: when both fail, a full disk is what matters
