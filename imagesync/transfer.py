@@ -227,13 +227,12 @@ class ImageCopy:
                         await self._bandwidth.consume(count)
                     batch.filled += count
                     if batch.full:
-                        previous, writing = writing, None  # settled once, even if it failed
-                        await self._settle(previous)
+                        await self._settle(writing)
                         writing = await self._start_flush(batch, batch.filled)
                         batch, spare = spare, batch
         finally:
             with trio.CancelScope(shield=True):
-                await self._settle(writing)
+                await self._settle(writing)  # if a write failed, this raises again: nothing follows it
                 # Only the end of the object may leave the file at an unaligned length (direct
                 # I/O writes whole blocks): after a drop, the last partial block is fetched again.
                 complete = self._digest.size + batch.filled == self._info.size
@@ -260,10 +259,12 @@ class ImageCopy:
         return flush
 
     async def _settle(self, flush: _Flush | None) -> None:
-        """Wait for a flush (a write cannot be interrupted) and count its bytes."""
-        if flush is None:
+        """Wait for a flush (a write cannot be interrupted) and count its bytes, once; a flush
+        that failed raises each time, so that no later batch is written after the gap."""
+        if flush is None or flush.counted:
             return
         await flush.wait()
+        flush.counted = True
         self._count(flush.count)
         killpoints.reached("batch-written")
 
@@ -319,6 +320,7 @@ class _Flush:
     def __init__(self, batch: _Batch, count: int, calls: tuple[Callable[[], None], ...],
                  limiter: trio.CapacityLimiter) -> None:
         self.count = count
+        self.counted = False
         self._batch = batch
         self._calls = calls
         self._limiter = limiter
@@ -347,6 +349,7 @@ class _Flush:
         with trio.CancelScope(shield=True):  # a thread cannot be stopped; its bytes must be counted
             await self._done.wait()
         self._batch.clear()
-        for result in self._results:
-            assert result is not None
-            result.unwrap()  # the write's error first: when both fail, a full disk is what matters
+        # The write's error first: when both fail, a full disk is what matters.
+        errors = [result.error for result in self._results if isinstance(result, outcome.Error)]
+        if errors:
+            raise errors[0]

@@ -107,9 +107,15 @@ def write(partial: PartialCopy, data: bytes) -> None:
         partial.write(data[start:start + CHUNK])
 
 
-def mirror(destination: Destination, data: bytes, state: PartialState) -> None:
+def begun(destination: Destination, state: PartialState) -> PartialCopy:
+    """A new partial copy of IMAGE, started from zero."""
     partial = destination.partial(IMAGE)
     partial.begin(state, keep_bytes=0)
+    return partial
+
+
+def mirror(destination: Destination, data: bytes, state: PartialState) -> None:
+    partial = begun(destination, state)
     write(partial, data)
     partial.commit()
 
@@ -117,8 +123,7 @@ def mirror(destination: Destination, data: bytes, state: PartialState) -> None:
 def test_partial_then_resume_then_commit(backend: Backend) -> None:
     data, state = image(1)
     with opened(backend) as destination:
-        partial = destination.partial(IMAGE)
-        partial.begin(state, keep_bytes=0)
+        partial = begun(destination, state)
         write(partial, data[:13 * MIB])
         partial.close()
         assert backend.read_final() is None  # nothing under the final name before commit
@@ -142,8 +147,7 @@ def test_commit_refuses_fewer_bytes_than_the_object(backend: Backend) -> None:
     """The last guard against a lost write: what was hashed but never landed is never published."""
     data, state = image(2)
     with opened(backend) as destination:
-        partial = destination.partial(IMAGE)
-        partial.begin(state, keep_bytes=0)
+        partial = begun(destination, state)
         write(partial, data[:5 * MIB])
         with pytest.raises(ImagesyncError):
             partial.commit()
@@ -175,8 +179,7 @@ def test_replace_keeps_the_old_copy_until_commit(backend: Backend) -> None:
     new, new_state = image(4)
     with opened(backend) as destination:
         mirror(destination, old, old_state)
-        partial = destination.partial(IMAGE)
-        partial.begin(new_state, keep_bytes=0)
+        partial = begun(destination, new_state)
         write(partial, new)  # every byte written, not committed yet
         assert backend.read_final() == old
         digest = destination.digest(IMAGE)
@@ -189,8 +192,7 @@ def test_replace_keeps_the_old_copy_until_commit(backend: Backend) -> None:
 def test_discard_forgets_the_partial(backend: Backend) -> None:
     data, state = image(5)
     with opened(backend) as destination:
-        partial = destination.partial(IMAGE)
-        partial.begin(state, keep_bytes=0)
+        partial = begun(destination, state)
         write(partial, data[:10 * MIB])
         partial.discard()
         assert destination.partial(IMAGE).read_state() == (None, 0)
