@@ -11,6 +11,7 @@ checksum mismatch once), or give up on this image.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import time
@@ -90,6 +91,7 @@ class ImageCopy:
         self._transferred = 0
         self._buffers: tuple[mmap.mmap, mmap.mmap] | None = None  # reused: fresh ones cost page faults
         self._changed = False  # the object changed under us: HEAD it again and start over
+        self._flush: _Flush | None = None  # the batch being written and hashed while the next fills
 
     async def run(self, *, resume: bool) -> Copied:
         """Verified bytes in the partial copy, ready for `PartialCopy.commit` by the caller.
@@ -217,7 +219,6 @@ class ImageCopy:
             return
         assert self._buffers is not None
         batch, spare = _Batch(self._buffers[0]), _Batch(self._buffers[1])
-        writing: _Flush | None = None  # the previous batch, hashed and written while this one fills
         try:
             async with self._source.open_range(self._digest.size, self._info) as body:
                 if body.start != self._digest.size:  # the server sent the whole object instead
@@ -227,17 +228,18 @@ class ImageCopy:
                         await self._bandwidth.consume(count)
                     batch.filled += count
                     if batch.full:
-                        await self._settle(writing)
-                        writing = await self._start_flush(batch, batch.filled)
+                        await self._settle()
+                        await self._start_flush(batch, batch.filled)
                         batch, spare = spare, batch
         finally:
             with trio.CancelScope(shield=True):
-                await self._settle(writing)  # if a write failed, this raises again: nothing follows it
+                await self._settle()  # if a write failed, this raises again: nothing follows it
                 # Only the end of the object may leave the file at an unaligned length (direct
                 # I/O writes whole blocks): after a drop, the last partial block is fetched again.
                 complete = self._digest.size + batch.filled == self._info.size
                 count = batch.filled if complete else batch.filled - batch.filled % ALIGN
-                await self._settle(await self._start_flush(batch, count))
+                await self._start_flush(batch, count)
+                await self._settle()
         killpoints.reached("body-complete")
         if self._digest.size != self._info.size:
             raise TransientError(
@@ -245,27 +247,30 @@ class ImageCopy:
                 f"of {self._info.size} bytes"
             )
 
-    async def _start_flush(self, batch: _Batch, count: int) -> _Flush | None:
+    # Ctrl-C is held off here: the flush is recorded if and only if its threads were started, so
+    # the `finally` in _stream always waits for them and never writes the batch a second time.
+    @trio.lowlevel.enable_ki_protection
+    async def _start_flush(self, batch: _Batch, count: int) -> None:
         """Start hashing and writing the first ``count`` bytes of the batch (the rest, if any, is
-        dropped); the caller settles it before the next flush, so batches land in order."""
+        dropped); it is settled before the next one starts, so batches land in order."""
+        assert self._flush is None, "settle the last flush first"
         if not count:
-            return None
+            return
         if self._digest.size + count > self._info.size:
             raise SourceChangedError(f"{self._source.location.public_url} sent more bytes than its size")
         data = batch.view()[:count]
-        flush = _Flush(batch, count, (partial(self._partial.write, data), partial(self._digest.update, data)),
-                       self._limiter)
-        await flush.start()
-        return flush
+        self._flush = _Flush(batch, count, (partial(self._partial.write, data),
+                                            partial(self._digest.update, data)), self._limiter)
+        await self._flush.start()
 
-    async def _settle(self, flush: _Flush | None) -> None:
-        """Wait for a flush (a write cannot be interrupted) and count its bytes, once; a flush
-        that failed raises each time, so that no later batch is written after the gap."""
-        if flush is None or flush.counted:
+    async def _settle(self) -> None:
+        """Wait for the flush in flight (a write cannot be interrupted) and count its bytes. A
+        flush that failed stays, and raises each time: no later batch is written after the gap."""
+        if self._flush is None:
             return
-        await flush.wait()
-        flush.counted = True
-        self._count(flush.count)
+        await self._flush.wait()
+        count, self._flush = self._flush.count, None
+        self._count(count)
         killpoints.reached("batch-written")
 
     def _verify(self) -> str:
@@ -320,7 +325,6 @@ class _Flush:
     def __init__(self, batch: _Batch, count: int, calls: tuple[Callable[[], None], ...],
                  limiter: trio.CapacityLimiter) -> None:
         self.count = count
-        self.counted = False
         self._batch = batch
         self._calls = calls
         self._limiter = limiter
@@ -333,10 +337,14 @@ class _Flush:
         with trio.CancelScope(shield=True):  # once one call runs, every one must, and be waited for
             for index, call in enumerate(self._calls):
                 await self._limiter.acquire_on_behalf_of(call)
-                trio.lowlevel.start_thread_soon(call, partial(self._deliver, token, index))
+                try:
+                    trio.lowlevel.start_thread_soon(call, partial(self._deliver, token, index))
+                except Exception as error:  # no thread to run it (the process is out of them)
+                    self._finish(index, outcome.Error(error))
 
     def _deliver(self, token: trio.lowlevel.TrioToken, index: int, result: outcome.Outcome[None]) -> None:
-        token.run_sync_soon(self._finish, index, result)  # from the worker thread to the event loop
+        with contextlib.suppress(trio.RunFinishedError):  # the run was torn down: nobody is waiting
+            token.run_sync_soon(self._finish, index, result)  # from the worker thread to the event loop
 
     def _finish(self, index: int, result: outcome.Outcome[None]) -> None:
         self._limiter.release_on_behalf_of(self._calls[index])
