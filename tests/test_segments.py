@@ -86,3 +86,23 @@ def test_a_server_that_ignores_ranges_falls_back_to_one_connection(big_image: An
     result = imagesync("sync", "-c", config_for(big_image, tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     assert_identical(big_image, tmp_path / "mirror")
+
+
+def test_a_part_file_grown_past_the_object_is_fetched_again(big_image: Any, tmp_path: Path) -> None:
+    """Longer than the object, a partial cannot be what was checkpointed: the plan starts it over
+    (the commit would refuse a file of the wrong size anyway)."""
+    big_image.faults(bandwidth_bps=16 * MiB)  # pieces part of the way at the checkpoints, as above
+    config = config_for(big_image, tmp_path, min_segment_size="5MiB")
+    env = {**CLEAN_ENV, "IMAGESYNC_KILL_AT": "batch-written:14", "IMAGESYNC_CHECKPOINT_BYTES": str(8 * MiB)}
+    killed = subprocess.run([sys.executable, "-m", "imagesync", "sync", "-c", str(config)], env=env,
+                            capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    [state_file] = (tmp_path / "mirror").glob("*.imagesync-state")
+    assert json.loads(state_file.read_text())["pieces"], "some progress was checkpointed"
+    [part] = (tmp_path / "mirror").glob("*.imagesync-part")
+    with part.open("ab") as grown:  # past the object's 40 MiB, as a careless hand might
+        grown.truncate(48 * MiB)
+    big_image.reset()
+    result = imagesync("sync", "-c", config, "--json")
+    assert result.returncode == 0, result.stderr
+    assert_identical(big_image, tmp_path / "mirror")
