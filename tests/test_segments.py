@@ -40,10 +40,12 @@ def test_an_image_comes_in_pieces_over_several_connections(big_image: Any, tmp_p
     assert big_image.stats()["object_gets"] >= 10  # 40 MiB in 4 MiB pieces: one ranged GET each
 
 
-def test_a_killed_segmented_transfer_resumes_every_piece_where_it_stopped(big_image: Any, tmp_path: Path) -> None:
-    # Each connection held to 16 MiB/s, so the four advance side by side and every checkpoint
-    # finds pieces part of the way. Checkpoints every 64 MiB would be too rare for 40 MiB: every
-    # 8 MiB here.
+def killed_part_way(big_image: Any, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A segmented sync SIGKILLed part of the way: its config, and the state file it left.
+
+    Each connection is held to 16 MiB/s, so the four pieces advance side by side and every
+    checkpoint finds pieces part of the way. Checkpoints every 64 MiB would be too rare for
+    40 MiB: every 8 MiB here."""
     big_image.faults(bandwidth_bps=16 * MiB)
     config = config_for(big_image, tmp_path, min_segment_size="5MiB")
     env = {**CLEAN_ENV, "IMAGESYNC_KILL_AT": "batch-written:14", "IMAGESYNC_CHECKPOINT_BYTES": str(8 * MiB)}
@@ -51,12 +53,16 @@ def test_a_killed_segmented_transfer_resumes_every_piece_where_it_stopped(big_im
                             capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
     [state_file] = (tmp_path / "mirror").glob("*.imagesync-state")
-    state = json.loads(state_file.read_text())
+    big_image.reset()
+    return config, json.loads(state_file.read_text())
+
+
+def test_a_killed_segmented_transfer_resumes_every_piece_where_it_stopped(big_image: Any, tmp_path: Path) -> None:
+    config, state = killed_part_way(big_image, tmp_path)
     kept = sum(done for _, done, _ in state["pieces"])
     partly = [done for _, done, _ in state["pieces"] if 0 < done < 5 * MiB]
     assert kept >= 8 * MiB and state["piece_size"] == 5 * MiB
     assert partly, f"some piece was checkpointed part of the way: {state['pieces']}"
-    big_image.reset()
     result = imagesync("sync", "-c", config, "--json")
     assert result.returncode == 0, result.stderr
     assert summary(result)["bytes_transferred"] <= 40 * MiB - kept
@@ -91,18 +97,11 @@ def test_a_server_that_ignores_ranges_falls_back_to_one_connection(big_image: An
 def test_a_part_file_grown_past_the_object_is_fetched_again(big_image: Any, tmp_path: Path) -> None:
     """Longer than the object, a partial cannot be what was checkpointed: the plan starts it over
     (the commit would refuse a file of the wrong size anyway)."""
-    big_image.faults(bandwidth_bps=16 * MiB)  # pieces part of the way at the checkpoints, as above
-    config = config_for(big_image, tmp_path, min_segment_size="5MiB")
-    env = {**CLEAN_ENV, "IMAGESYNC_KILL_AT": "batch-written:14", "IMAGESYNC_CHECKPOINT_BYTES": str(8 * MiB)}
-    killed = subprocess.run([sys.executable, "-m", "imagesync", "sync", "-c", str(config)], env=env,
-                            capture_output=True, timeout=120)
-    assert killed.returncode == -signal.SIGKILL
-    [state_file] = (tmp_path / "mirror").glob("*.imagesync-state")
-    assert json.loads(state_file.read_text())["pieces"], "some progress was checkpointed"
+    config, state = killed_part_way(big_image, tmp_path)
+    assert state["pieces"], "some progress was checkpointed"
     [part] = (tmp_path / "mirror").glob("*.imagesync-part")
     with part.open("ab") as grown:  # past the object's 40 MiB, as a careless hand might
         grown.truncate(48 * MiB)
-    big_image.reset()
     result = imagesync("sync", "-c", config, "--json")
     assert result.returncode == 0, result.stderr
     assert_identical(big_image, tmp_path / "mirror")
