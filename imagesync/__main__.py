@@ -2,7 +2,7 @@
 
 import sys
 
-EXIT_SIGINT = 130  # as errors.EXIT_SIGINT, which is not imported yet when this is needed
+from imagesync.errors import EXIT_SIGINT  # standard library only: imports in no time
 
 
 def run() -> None:

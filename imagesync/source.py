@@ -38,7 +38,7 @@ from .errors import (
     UrlExpiredError,
 )
 from .units import parse_decimal
-from .wire import Connections, WireError, WireTimeout
+from .wire import Connections, WireError, WireTimeout, describe
 
 if TYPE_CHECKING:  # imported where a URL is signed or a bucket listed: it takes a quarter second
     import oss2
@@ -233,7 +233,7 @@ class ObjectSource:
         try:
             response = await self._http.head(self._url("HEAD"), headers={"Accept-Encoding": "identity"})
         except httpx.TransportError as error:
-            raise TransientError(f"HEAD {url} failed: {_describe(error)}") from None
+            raise TransientError(f"HEAD {url} failed: {describe(error)}") from None
         if response.status_code != 200:
             raise _status_error("HEAD", url, response.status_code, response.headers, response.content)
         return _object_info(response.headers, url)
@@ -261,7 +261,7 @@ class ObjectSource:
             try:
                 answer = await stack.enter_async_context(self._get(headers))
             except (WireError, httpx.TransportError) as error:
-                raise TransientError(f"GET {url} failed: {_describe(error)}") from None
+                raise TransientError(f"GET {url} failed: {describe(error)}") from None
             if answer.status not in (200, 206):
                 content = await _bounded_read(answer)
                 raise _status_error("GET", url, answer.status, answer.headers, content)
@@ -366,7 +366,7 @@ class Body:
             ) from None
         except (httpx.TransportError, WireError) as error:
             raise TransientError(
-                f"reading {self._url} failed at byte {self._offset} of {self._size}: {_describe(error)}"
+                f"reading {self._url} failed at byte {self._offset} of {self._size}: {describe(error)}"
             ) from None
         self._offset += count
         return count
@@ -527,17 +527,6 @@ def _clip(text: str) -> str:
     """A server's text as plain text for a sentence: stripped and bounded, never repr-quoted."""
     text = text.strip()
     return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "..."
-
-
-def _describe(error: BaseException) -> str:
-    """The first message in the error's chain: httpx's ConnectError often has none of its own,
-    while the ssl error under it says why (CERTIFICATE_VERIFY_FAILED and the like)."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if text := str(cause).strip():
-            return text
-        cause = cause.__cause__ or cause.__context__
-    return type(error).__name__
 
 
 @functools.lru_cache(maxsize=64)

@@ -329,7 +329,6 @@ class _Flush:
         self._calls = calls
         self._limiter = limiter
         self._results: list[outcome.Outcome[None] | None] = [None] * len(calls)
-        self._pending = len(calls)
         self._done = trio.Event()
 
     async def start(self) -> None:
@@ -349,8 +348,7 @@ class _Flush:
     def _finish(self, index: int, result: outcome.Outcome[None]) -> None:
         self._limiter.release_on_behalf_of(self._calls[index])
         self._results[index] = result
-        self._pending -= 1
-        if not self._pending:
+        if None not in self._results:
             self._done.set()
 
     async def wait(self) -> None:

@@ -205,7 +205,7 @@ class Response:
                 else:
                     count = await stream.receive_into(view)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                raise WireError(_describe(error)) from None
+                raise WireError(describe(error)) from None
         if waited.cancelled_caught:
             raise WireTimeout(f"nothing arrived for {self._timeout_s:g} s")
         if not count:
@@ -295,13 +295,13 @@ class Connections:
             try:
                 tcp = await trio.open_tcp_stream(origin.host, origin.port)
             except OSError as error:
-                raise WireError(f"cannot connect to {where}: {_describe(error)}") from None
+                raise WireError(f"cannot connect to {where}: {describe(error)}") from None
             if origin.scheme != "https":
                 return _Connection(stream=tcp, socket=tcp.socket)
             try:
                 return _Connection(stream=await self._handshake(tcp, origin.host), socket=tcp.socket)
             except (trio.BrokenResourceError, OSError) as error:
-                raise WireError(f"cannot connect to {where}: {_describe(error)}") from None
+                raise WireError(f"cannot connect to {where}: {describe(error)}") from None
         raise WireTimeout(f"no connection to {where} within {self._connect_timeout_s:g} s")
 
     async def _handshake(self, tcp: trio.SocketStream, host: str) -> _TlsChannel:
@@ -339,7 +339,7 @@ async def _exchange(connection: _Connection, request: h11.Request, timeout_s: fl
     try:
         await connection.stream.send_all(parser.send(request) + parser.send(h11.EndOfMessage()))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-        raise WireError(_describe(error)) from None
+        raise WireError(describe(error)) from None
     while True:
         event = await _next_event(parser, connection, timeout_s)
         if isinstance(event, h11.Response):
@@ -370,12 +370,19 @@ async def _next_event(parser: h11.Connection, connection: _Connection, timeout_s
             try:
                 data = await connection.stream.receive_some(HEAD_READ_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                raise WireError(_describe(error)) from None
+                raise WireError(describe(error)) from None
         if waited.cancelled_caught:
             raise WireTimeout(f"nothing arrived for {timeout_s:g} s")
         parser.receive_data(bytes(data))  # b"" tells h11 the server closed the connection
 
 
-def _describe(error: BaseException) -> str:
-    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) and error.__cause__ else error
-    return str(cause) or type(cause).__name__
+def describe(error: BaseException) -> str:
+    """The first message in the error's chain: trio's BrokenResourceError and httpx's ConnectError
+    often have none of their own, while the OSError or ssl error under them says why
+    (CERTIFICATE_VERIFY_FAILED and the like)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if text := str(cause).strip():
+            return text
+        cause = cause.__cause__ or cause.__context__
+    return type(error).__name__
